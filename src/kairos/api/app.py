@@ -1,0 +1,202 @@
+"""The FastAPI app factory. The contract of /v1 is fixed: extend it, don't change it."""
+
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import Body, Depends, FastAPI, Path, Query, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from kairos import __version__
+from kairos.api.errors import install_error_handlers
+from kairos.api.metrics import ApiMetrics
+from kairos.engine import Engine
+from kairos.schema import (
+    EventBatch,
+    ItemBatch,
+    ItemFields,
+    Recommendations,
+    SimilarItems,
+    User,
+    UserFields,
+    UserView,
+)
+from kairos.store import ItemRecord
+
+ItemId = Annotated[str, Path(min_length=1, max_length=256)]
+UserId = Annotated[str, Path(min_length=1, max_length=256)]
+
+
+def get_engine(request: Request) -> Engine:
+    return request.app.state.engine  # type: ignore[no-any-return]
+
+
+EngineDep = Annotated[Engine, Depends(get_engine)]
+
+
+class Accepted(BaseModel):
+    accepted: int
+
+
+class ItemOut(BaseModel):
+    item_id: str
+    title: str
+    text: str
+    categories: list[str]
+    attributes: dict[str, Any]
+    created_at: float
+    available: bool
+
+    @classmethod
+    def of(cls, record: ItemRecord) -> "ItemOut":
+        return cls(
+            item_id=record.item_id, title=record.title, text=record.text,
+            categories=record.categories, attributes=record.attributes,
+            created_at=record.created_at, available=record.available,
+        )
+
+
+class ItemsUpserted(BaseModel):
+    upserted: int
+
+
+class Forgotten(BaseModel):
+    user_id: str
+    events_deleted: int
+
+
+class FormBodyAsJson:
+    """`curl -d '{...}'` sends JSON labelled as a form. No client means a form on /v1,
+    so read such bodies as JSON rather than reject the most common first request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            headers = [
+                (b"content-type", b"application/json")
+                if key == b"content-type" and value.startswith(b"application/x-www-form-urlencoded")
+                else (key, value)
+                for key, value in scope["headers"]
+            ]
+            scope = dict(scope, headers=headers)
+        await self.app(scope, receive, send)
+
+
+def create_app(engine: Engine) -> FastAPI:
+    app = FastAPI(
+        title="Kairos",
+        version=__version__,
+        description="Real-time personalized recommendation and push.",
+    )
+    app.state.engine = engine
+    metrics = ApiMetrics(engine)
+    app.state.metrics = metrics
+    install_error_handlers(app)
+    app.middleware("http")(metrics.middleware)
+    app.add_middleware(FormBodyAsJson)
+
+    @app.middleware("http")
+    async def request_id(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        request.state.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        response = await call_next(request)
+        response.headers["x-request-id"] = request.state.request_id
+        return response
+
+    max_n = engine.settings.max_n
+
+    # -- events ---------------------------------------------------------------------------
+
+    @app.post("/v1/events", response_model=Accepted, tags=["events"])
+    def post_events(batch: EventBatch, engine: EngineDep) -> Accepted:
+        """Store a batch of events durably and update online state. All or nothing: one
+        invalid event rejects the batch with 422 naming its index and field."""
+        accepted = engine.ingest(batch.events)
+        for event in batch.events:
+            metrics.events.labels(event.type.value).inc()
+        return Accepted(accepted=accepted)
+
+    # -- items ----------------------------------------------------------------------------
+
+    @app.put("/v1/items/{item_id}", response_model=ItemOut, tags=["items"])
+    def put_item(item_id: ItemId, fields: ItemFields, engine: EngineDep) -> ItemOut:
+        return ItemOut.of(engine.upsert_item(item_id, fields))
+
+    @app.post("/v1/items", response_model=ItemsUpserted, tags=["items"])
+    def post_items(batch: ItemBatch, engine: EngineDep) -> ItemsUpserted:
+        return ItemsUpserted(upserted=len(engine.upsert_items(batch.items)))
+
+    @app.get("/v1/items/{item_id}", response_model=ItemOut, tags=["items"])
+    def get_item(item_id: ItemId, engine: EngineDep) -> ItemOut:
+        return ItemOut.of(engine.get_item(item_id))
+
+    @app.delete("/v1/items/{item_id}", response_model=ItemOut, tags=["items"])
+    def delete_item(item_id: ItemId, engine: EngineDep) -> ItemOut:
+        """Mark the item unavailable: it keeps its history, it is never recommended."""
+        return ItemOut.of(engine.delete_item(item_id))
+
+    @app.get("/v1/items/{item_id}/similar", response_model=SimilarItems, tags=["items"])
+    def similar_items(
+        request: Request,
+        item_id: ItemId,
+        engine: EngineDep,
+        n: Annotated[int, Query(ge=1, le=max_n)] = 10,
+    ) -> SimilarItems:
+        return engine.similar(item_id, n, request_id=request.state.request_id)
+
+    # -- users ----------------------------------------------------------------------------
+
+    @app.put("/v1/users/{user_id}", response_model=UserView, tags=["users"])
+    def put_user(
+        user_id: UserId, engine: EngineDep, fields: Annotated[UserFields, Body()]
+    ) -> UserView:
+        engine.upsert_user(User(user_id=user_id, **fields.model_dump()))
+        return engine.get_user(user_id)
+
+    @app.get("/v1/users/{user_id}", response_model=UserView, tags=["users"])
+    def get_user(
+        user_id: UserId, engine: EngineDep, recent: Annotated[int, Query(ge=0, le=1000)] = 50
+    ) -> UserView:
+        return engine.get_user(user_id, recent=recent)
+
+    @app.delete("/v1/users/{user_id}", response_model=Forgotten, tags=["users"])
+    def forget_user(user_id: UserId, engine: EngineDep) -> Forgotten:
+        """Forget the user: their events, profile and online state, everywhere."""
+        return Forgotten(user_id=user_id, events_deleted=engine.forget_user(user_id))
+
+    # -- recommendations ------------------------------------------------------------------
+
+    @app.get("/v1/recommendations/{user_id}", response_model=Recommendations, tags=["recommend"])
+    def recommendations(
+        request: Request,
+        user_id: UserId,
+        engine: EngineDep,
+        n: Annotated[int, Query(ge=1, le=max_n)] = 10,
+        category: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
+        exclude_seen: bool = True,
+    ) -> Recommendations:
+        return engine.recommend(
+            user_id, n, category=category, exclude_seen=exclude_seen,
+            request_id=request.state.request_id,
+        )
+
+    # -- operations -----------------------------------------------------------------------
+
+    @app.get("/healthz", tags=["operations"])
+    def healthz(engine: EngineDep) -> dict[str, Any]:
+        return {"status": "ok", **engine.stats()}
+
+    @app.get("/metrics", tags=["operations"])
+    def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+__all__ = ["create_app"]

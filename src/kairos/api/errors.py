@@ -1,0 +1,93 @@
+"""Every error is JSON {"error": {"code", "message", "details"}}; a caller's mistake is a 4xx."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from kairos.engine import NotFound
+
+log = logging.getLogger("kairos.api")
+
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+}
+
+
+def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": details}}
+
+
+def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
+    """('body', 'events', 3, 'type') -> 'events[3].type'; ('query', 'n') -> 'n'."""
+    parts = list(loc)
+    if parts and parts[0] in ("body", "query", "path", "header"):
+        parts = parts[1:]
+    path = ""
+    for part in parts:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path or "body"
+
+
+def _clean(message: str) -> str:
+    return message.removeprefix("Value error, ")
+
+
+def validation_details(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    details = []
+    for error in errors:
+        loc = tuple(error.get("loc", ()))
+        detail: dict[str, Any] = {
+            "field": field_path(loc),
+            "message": _clean(str(error.get("msg", "invalid"))),
+            "type": error.get("type"),
+        }
+        # The index of the offending element of a batch, for machines.
+        if len(loc) >= 3 and loc[0] == "body" and isinstance(loc[2], int):
+            detail["index"] = loc[2]
+        details.append(detail)
+    return details
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        details = validation_details(list(exc.errors()))
+        first = details[0] if details else {"field": "body", "message": "invalid"}
+        more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
+        message = f"{first['field']}: {first['message']}{more}"
+        return JSONResponse(error_body("validation_error", message, details), status_code=422)
+
+    @app.exception_handler(NotFound)
+    async def _not_found(request: Request, exc: NotFound) -> JSONResponse:
+        return JSONResponse(
+            error_body("not_found", str(exc), {"kind": exc.kind, "id": exc.key}), status_code=404
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        return JSONResponse(
+            error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse(
+            error_body("internal_error", "internal error; the server log has the details"),
+            status_code=500,
+        )

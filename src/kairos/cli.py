@@ -1,0 +1,172 @@
+"""`kairos ...`: the command line, driving the same Engine as the API."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from kairos.config import Settings
+from kairos.engine import Engine
+from kairos.progress import progress
+
+app = typer.Typer(help="Kairos: real-time personalized recommendation and push.",
+                  no_args_is_help=True, pretty_exceptions_show_locals=False)
+import_app = typer.Typer(help="Import a dataset or a file into the store.", no_args_is_help=True)
+app.add_typer(import_app, name="import")
+console = Console()
+
+DbOption = Annotated[
+    Path | None, typer.Option("--db", help="SQLite database (default: KAIROS_DB_PATH or kairos.db).")
+]
+
+
+def _settings(db: Path | None) -> Settings:
+    return Settings(db_path=db) if db is not None else Settings()
+
+
+def open_engine(settings: Settings) -> Engine:
+    """Open the store and rebuild online state, with a progress bar."""
+    from kairos.store import SQLiteStore
+
+    store = SQLiteStore(settings.db_path, synchronous=settings.sqlite_synchronous)
+    total = store.count_events()
+    engine = Engine(settings, store=store, rebuild=False)
+    with progress("rebuilding state", total, quiet=total < 100_000) as advance:
+        engine.rebuild_state(advance)
+    return engine
+
+
+def _serve(engine: Engine, host: str, port: int) -> None:
+    import uvicorn
+
+    from kairos.api import create_app
+
+    stats = engine.stats()
+    console.print(
+        f"[bold green]Kairos[/] serving {stats['items']:,} items, {stats['users']:,} users, "
+        f"{stats['events']:,} events (state rebuilt in {stats['rebuild_seconds']:.1f}s) "
+        f"on http://{host}:{port}  (API docs: http://{host}:{port}/docs)"
+    )
+    uvicorn.run(create_app(engine), host=host, port=port, log_level="warning")
+
+
+@app.command()
+def serve(
+    db: DbOption = None,
+    host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port.")] = None,
+) -> None:
+    """Serve the HTTP API (OpenAPI docs at /docs)."""
+    settings = _settings(db)
+    engine = open_engine(settings)
+    _serve(engine, host or settings.host, port or settings.port)
+
+
+@import_app.command("movielens")
+def import_movielens_command(
+    path: Annotated[Path, typer.Argument(help="Folder of a MovieLens release (100K, 1M, 10M, latest).")],
+    db: DbOption = None,
+) -> None:
+    """Import MovieLens: ratings become `rating` events, movies items, users users."""
+    from kairos.datasets.movielens import import_movielens
+
+    engine = open_engine(_settings(db))
+    report = import_movielens(engine, path)
+    console.print(f"[green]imported[/] {report}")
+    engine.close()
+
+
+@import_app.command("events")
+def import_events_command(
+    file: Annotated[Path, typer.Argument(help="CSV (with a header) or JSON Lines of events.")],
+    db: DbOption = None,
+) -> None:
+    """Import events (columns/keys as in POST /v1/events)."""
+    from kairos.datasets.files import import_events_file
+
+    engine = open_engine(_settings(db))
+    count = import_events_file(engine, file)
+    console.print(f"[green]imported[/] {count:,} events")
+    engine.close()
+
+
+@import_app.command("items")
+def import_items_command(
+    file: Annotated[Path, typer.Argument(help="CSV (with a header) or JSON Lines of items.")],
+    db: DbOption = None,
+) -> None:
+    """Import items (fields as in PUT /v1/items/{item_id}, plus item_id)."""
+    from kairos.datasets.files import import_items_file
+
+    engine = open_engine(_settings(db))
+    count = import_items_file(engine, file)
+    console.print(f"[green]imported[/] {count:,} items")
+    engine.close()
+
+
+@app.command()
+def recommend(
+    user_id: Annotated[str, typer.Argument(help="The user to recommend for.")],
+    n: Annotated[int, typer.Option("-n", help="How many items.")] = 10,
+    category: Annotated[str | None, typer.Option(help="Only this category.")] = None,
+    db: DbOption = None,
+) -> None:
+    """Print recommendations for a user, as the API would serve them."""
+    engine = open_engine(_settings(db))
+    result = engine.recommend(user_id, n, category=category)
+    table = Table(title=f"Recommendations for {user_id} ({result.model_version})")
+    for column in ("#", "item_id", "title", "score", "sources"):
+        table.add_column(column)
+    for rank, item in enumerate(result.items, 1):
+        table.add_row(str(rank), item.item_id, item.title, f"{item.score:.4f}", ", ".join(item.sources))
+    console.print(table)
+    engine.close()
+
+
+@app.command()
+def stats(db: DbOption = None) -> None:
+    """Counts of items, users and events in a database."""
+    engine = open_engine(_settings(db))
+    for key, value in engine.stats().items():
+        console.print(f"{key}: {value}")
+    engine.close()
+
+
+@app.command()
+def demo(
+    db: Annotated[Path, typer.Option("--db", help="Database for the demo.")] = Path("kairos-demo.db"),
+    users: Annotated[int, typer.Option(help="Synthetic users.")] = 500,
+    items: Annotated[int, typer.Option(help="Synthetic items.")] = 600,
+    events: Annotated[int, typer.Option(help="Synthetic events.")] = 50_000,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same data).")] = 7,
+    serve_after: Annotated[bool, typer.Option("--serve/--no-serve", help="Serve afterwards.")] = True,
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+) -> None:
+    """Generate a synthetic catalogue and behaviour (deterministic by seed), import, serve."""
+    from kairos.datasets.demo import DemoConfig, import_demo
+
+    settings = Settings(db_path=db)
+    engine = open_engine(settings)
+    if engine.stats()["events"] == 0:
+        report = import_demo(engine, DemoConfig(n_users=users, n_items=items, n_events=events, seed=seed))
+        console.print(f"[green]demo data[/] {report}")
+    else:
+        console.print(f"[yellow]{db} already holds data; serving it (delete the file for a fresh demo)[/]")
+    if serve_after:
+        _serve(engine, host, port)
+    else:
+        engine.close()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    app()
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,111 @@
+"""Settings: defaults, then an optional TOML file (KAIROS_CONFIG), then KAIROS_* env vars."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from kairos.schema import EventType
+
+DAY = 86_400.0
+
+DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
+    EventType.impression: 0.0,
+    EventType.view: 1.0,
+    EventType.click: 2.0,
+    EventType.like: 4.0,
+    EventType.cart: 4.0,
+    EventType.share: 4.0,
+    EventType.purchase: 8.0,
+    EventType.dislike: -4.0,
+    EventType.skip: -1.0,
+}
+
+
+class Settings(BaseSettings):
+    """Every knob of a Kairos instance. Env: KAIROS_<NAME>, e.g. KAIROS_DB_PATH."""
+
+    model_config = SettingsConfigDict(env_prefix="KAIROS_", extra="forbid")
+
+    db_path: Path = Field(default=Path("kairos.db"), description="SQLite database file.")
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
+        default="FULL",
+        description="FULL fsyncs every commit (survives power loss); NORMAL survives process crashes.",
+    )
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    # Online state
+    sequence_length: int = Field(default=200, ge=1, description="Recent events kept per user.")
+    popularity_half_life_s: float = Field(
+        default=7 * DAY, ge=0, description="Half-life of trending popularity; 0 = no decay."
+    )
+    covisit_half_life_s: float = Field(default=30 * DAY, ge=0, description="0 = no decay.")
+    covisit_window_s: float = Field(
+        default=DAY, gt=0, description="Two visits further apart than this do not co-visit."
+    )
+    covisit_lookback: int = Field(
+        default=3, ge=1, description="A visit pairs with this many previous visits of the user."
+    )
+    covisit_backward_weight: float = Field(
+        default=0.5, ge=0, description="Weight of b->a when a visit of b follows one of a (a->b is 1)."
+    )
+
+    # Event weights (implicit feedback strength); rating is mapped by its value.
+    event_weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
+    rating_positive_min: float = 4.0
+    rating_negative_max: float = 2.0
+    rating_positive_weight: float = 4.0
+    rating_neutral_weight: float = 1.0
+    rating_negative_weight: float = -2.0
+
+    # Recommendation path
+    source_weights: dict[str, float] = Field(
+        default_factory=lambda: {"covisit": 1.0, "popular": 0.3, "fresh": 0.05},
+        description="Fusion weight of each candidate source; a source absent here is off.",
+    )
+    covisit_recent_items: int = Field(
+        default=5, ge=1, description="How many of the user's latest visits seed co-visitation."
+    )
+    max_n: int = Field(default=1000, ge=1, description="Largest n a request may ask for.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _TomlSource(settings_cls))
+
+    def event_weight(self, event_type: str, value: float | None) -> float:
+        """The implicit-feedback weight of one event."""
+        if event_type == EventType.rating:
+            assert value is not None
+            if value >= self.rating_positive_min:
+                return self.rating_positive_weight
+            if value <= self.rating_negative_max:
+                return self.rating_negative_weight
+            return self.rating_neutral_weight
+        return self.event_weights.get(event_type, 0.0)
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    """Reads the TOML file named by KAIROS_CONFIG, if any (top-level keys = field names)."""
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get("KAIROS_CONFIG")
+        if not path:
+            return {}
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False

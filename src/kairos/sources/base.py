@@ -1,0 +1,54 @@
+"""The candidate-source protocol: one class, one method."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol
+
+import numpy as np
+
+from kairos.state.users import UserState
+
+
+@dataclass(slots=True)
+class UserContext:
+    """What a source may know about one request."""
+
+    user_id: str
+    now: float
+    user: UserState | None
+    allowed: np.ndarray  # bool over catalogue indices: the request's filters, already applied
+    category: str | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class Candidates(NamedTuple):
+    """Catalogue indices and their scores, best first."""
+
+    items: np.ndarray
+    scores: np.ndarray
+
+    @staticmethod
+    def empty() -> Candidates:
+        return Candidates(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64))
+
+
+class CandidateSource(Protocol):
+    name: str
+
+    def candidates(self, ctx: UserContext, k: int) -> Candidates:
+        """Up to k allowed items for this user, best first."""
+        ...
+
+
+def top_k(scores: np.ndarray, k: int, allowed: np.ndarray | None = None) -> Candidates:
+    """The k highest positive scores among allowed items, best first (ties: lower index)."""
+    if allowed is not None:
+        scores = np.where(allowed, scores, 0.0)
+    positive = np.flatnonzero(scores > 0)
+    if len(positive) > k:
+        part = np.argpartition(-scores[positive], k - 1)[:k]
+        positive = positive[part]
+    order = np.lexsort((positive, -scores[positive]))
+    chosen = positive[order]
+    return Candidates(chosen, scores[chosen])

@@ -1,0 +1,42 @@
+"""`covisit`: items visited right after the user's latest items by other users."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kairos.sources.base import Candidates, UserContext, top_k
+from kairos.state.online import OnlineState
+
+
+class CovisitSource:
+    name = "covisit"
+
+    def __init__(self, state: OnlineState, recent_items: int) -> None:
+        self.state = state
+        self.recent_items = recent_items
+
+    def candidates(self, ctx: UserContext, k: int) -> Candidates:
+        if ctx.user is None:
+            return Candidates.empty()
+        seeds = ctx.user.recent_visits(self.recent_items)
+        return self.from_seeds([(step.item, 1.0 / (1 + rank)) for rank, step in enumerate(seeds)],
+                               ctx.allowed, k)
+
+    def from_seeds(
+        self, seeds: list[tuple[int, float]], allowed: np.ndarray, k: int
+    ) -> Candidates:
+        """Sum over seeds of seed weight x P(next = b | seed), decayed counts."""
+        scores: dict[int, float] = {}
+        for seed, seed_weight in seeds:
+            row, total = self.state.covisit.neighbours(seed)
+            if total <= 0:
+                continue
+            scale = seed_weight / total
+            for item, count in row.items():
+                scores[item] = scores.get(item, 0.0) + scale * count
+        if not scores:
+            return Candidates.empty()
+        items = np.fromiter(scores.keys(), dtype=np.int64, count=len(scores))
+        values = np.fromiter(scores.values(), dtype=np.float64, count=len(scores))
+        found = top_k(values, k, allowed[items])
+        return Candidates(items[found.items], found.scores)

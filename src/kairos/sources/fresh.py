@@ -1,0 +1,24 @@
+"""`fresh`: the newest available items, so a catalogue with no events yet still answers."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kairos.sources.base import Candidates, UserContext
+from kairos.state.catalog import Catalog
+
+
+class FreshSource:
+    name = "fresh"
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+
+    def candidates(self, ctx: UserContext, k: int) -> Candidates:
+        created = self.catalog.created_at
+        allowed = np.flatnonzero(ctx.allowed)
+        if len(allowed) == 0:
+            return Candidates.empty()
+        newest = allowed[np.argsort(-created[allowed], kind="stable")[:k]]
+        # Score 1, 1/2, 1/3...: fusion needs an order here, not a magnitude.
+        return Candidates(newest, 1.0 / (1.0 + np.arange(len(newest), dtype=np.float64)))

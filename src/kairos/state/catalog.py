@@ -1,0 +1,70 @@
+"""The in-memory catalogue: string item ids <-> dense indices, and what filters need."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kairos.store.base import ItemRecord
+
+
+class Catalog:
+    """Items known to the engine. Indices are dense and never reused, so arrays over
+    items (popularity, embeddings, masks) can be indexed by them."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.index: dict[str, int] = {}
+        self.titles: list[str] = []
+        self.categories: list[tuple[str, ...]] = []
+        self._available = np.zeros(1024, dtype=bool)
+        self._created_at = np.zeros(1024, dtype=np.float64)
+        self._by_category: dict[str, set[int]] = {}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __contains__(self, item_id: str) -> bool:
+        return item_id in self.index
+
+    @property
+    def available(self) -> np.ndarray:
+        return self._available[: len(self.ids)]
+
+    @property
+    def created_at(self) -> np.ndarray:
+        return self._created_at[: len(self.ids)]
+
+    def upsert(self, item: ItemRecord) -> int:
+        idx = self.index.get(item.item_id)
+        if idx is None:
+            idx = len(self.ids)
+            if idx == len(self._available):
+                self._available = np.resize(self._available, 2 * idx)
+                self._created_at = np.resize(self._created_at, 2 * idx)
+            self.ids.append(item.item_id)
+            self.index[item.item_id] = idx
+            self.titles.append("")
+            self.categories.append(())
+        else:
+            for category in self.categories[idx]:
+                self._by_category[category].discard(idx)
+        self.titles[idx] = item.title
+        self.categories[idx] = tuple(item.categories)
+        for category in item.categories:
+            self._by_category.setdefault(category, set()).add(idx)
+        self._available[idx] = item.available
+        self._created_at[idx] = item.created_at
+        return idx
+
+    def set_available(self, idx: int, available: bool) -> None:
+        self._available[idx] = available
+
+    def category_mask(self, category: str) -> np.ndarray:
+        mask = np.zeros(len(self.ids), dtype=bool)
+        members = self._by_category.get(category)
+        if members:
+            mask[np.fromiter(members, dtype=np.int64, count=len(members))] = True
+        return mask
+
+    def category_names(self) -> list[str]:
+        return sorted(name for name, members in self._by_category.items() if members)

@@ -1,0 +1,52 @@
+"""Item-to-item co-visitation: how often two items are visited one after the other."""
+
+from __future__ import annotations
+
+from kairos.state.decay import ForwardDecay
+
+_DUST = 1e-9  # below this (relative to one visit) a subtracted count is gone
+
+
+class Covisitation:
+    """Time-decayed, directed counts c[a][b]: a visit of b followed one of a (and,
+    added symmetrically by the caller, the reverse)."""
+
+    def __init__(self, half_life_s: float) -> None:
+        self.decay = ForwardDecay(half_life_s)
+        self._neighbours: dict[int, dict[int, float]] = {}
+        self._totals: dict[int, float] = {}
+
+    def add(self, a: int, b: int, weight: float, t: float) -> None:
+        factor = self.decay.rescale_needed(t)
+        if factor is not None:
+            self._rescale(factor)
+        amount = weight * self.decay.weight(t)
+        row = self._neighbours.setdefault(a, {})
+        value = row.get(b, 0.0) + amount
+        total = self._totals.get(a, 0.0) + amount
+        if value <= _DUST * abs(amount):
+            row.pop(b, None)
+        else:
+            row[b] = value
+        if not row:
+            self._neighbours.pop(a, None)
+            self._totals.pop(a, None)
+        else:
+            self._totals[a] = max(total, 0.0)
+
+    def neighbours(self, a: int) -> tuple[dict[int, float], float]:
+        """Forward-decayed counts of a's neighbours and their sum (both share one decay
+        factor, so the ratio is the decayed conditional frequency)."""
+        return self._neighbours.get(a, {}), self._totals.get(a, 0.0)
+
+    def count(self, a: int, b: int, now: float) -> float:
+        return self._neighbours.get(a, {}).get(b, 0.0) * self.decay.now_factor(now)
+
+    def n_pairs(self) -> int:
+        return sum(len(row) for row in self._neighbours.values())
+
+    def _rescale(self, factor: float) -> None:
+        for row in self._neighbours.values():
+            for b in row:
+                row[b] *= factor
+        self._totals = {a: v * factor for a, v in self._totals.items()}

@@ -1,0 +1,45 @@
+"""Time-decayed popularity of items (global) and of categories."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kairos.state.decay import ForwardDecay
+
+
+class DecayedPopularity:
+    def __init__(self, half_life_s: float) -> None:
+        self.decay = ForwardDecay(half_life_s)
+        self._items = np.zeros(1024, dtype=np.float64)  # forward-decayed sums
+        self._categories: dict[str, float] = {}
+
+    def add(self, item: int, categories: tuple[str, ...], weight: float, t: float) -> None:
+        factor = self.decay.rescale_needed(t)
+        if factor is not None:
+            self._items *= factor
+            self._categories = {name: v * factor for name, v in self._categories.items()}
+        if item >= len(self._items):
+            self._items = np.resize(self._items, max(2 * len(self._items), item + 1))
+            self._items[item:] = 0.0
+        amount = weight * self.decay.weight(t)
+        # Subtraction (forgetting a user) may leave float dust: clamp at zero.
+        self._items[item] = max(self._items[item] + amount, 0.0)
+        for name in categories:
+            self._categories[name] = max(self._categories.get(name, 0.0) + amount, 0.0)
+
+    def ranking_scores(self, n_items: int) -> np.ndarray:
+        """Scores of items 0..n_items-1 proportional to their decayed popularity at any
+        one moment (a new array). Rank by these: the decayed values themselves may
+        underflow to zero long after the last event, the order never does."""
+        scores = np.zeros(n_items, dtype=np.float64)
+        known = min(n_items, len(self._items))
+        scores[:known] = self._items[:known]
+        return scores
+
+    def item_scores(self, n_items: int, now: float) -> np.ndarray:
+        """Decayed popularity of items 0..n_items-1 at `now` (a new array)."""
+        return self.ranking_scores(n_items) * self.decay.now_factor(now)
+
+    def category_scores(self, now: float) -> dict[str, float]:
+        factor = self.decay.now_factor(now)
+        return {name: value * factor for name, value in self._categories.items() if value > 0}

@@ -1,0 +1,59 @@
+"""Per-user online state: the recent sequence and the seen set."""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator
+from typing import NamedTuple
+
+
+class SequenceStep(NamedTuple):
+    item: int  # catalogue index
+    type: str
+    timestamp: float
+    value: float | None
+    weight: float
+    visit: bool
+
+
+class UserState:
+    __slots__ = ("recent", "seen", "event_count")
+
+    def __init__(self) -> None:
+        self.recent: list[SequenceStep] = []  # ordered by timestamp, oldest first
+        self.seen: set[int] = set()
+        self.event_count = 0
+
+    def insert(self, step: SequenceStep, max_length: int) -> int:
+        """Insert in time order (after equal times); returns the step's position."""
+        position = bisect.bisect_right(self.recent, step.timestamp, key=lambda s: s.timestamp)
+        self.recent.insert(position, step)
+        if len(self.recent) > max_length:
+            del self.recent[0]
+            position -= 1
+        return position
+
+    def previous_visits(self, position: int, since: float, limit: int) -> Iterator[SequenceStep]:
+        """Up to `limit` visits before `position`, newest first, no older than `since`."""
+        found = 0
+        for j in range(position - 1, -1, -1):
+            step = self.recent[j]
+            if step.timestamp < since:
+                return
+            if step.visit:
+                yield step
+                found += 1
+                if found == limit:
+                    return
+
+    def recent_visits(self, limit: int) -> list[SequenceStep]:
+        """The latest `limit` visits of distinct items, newest first."""
+        out: list[SequenceStep] = []
+        items: set[int] = set()
+        for step in reversed(self.recent):
+            if step.visit and step.item not in items:
+                out.append(step)
+                items.add(step.item)
+                if len(out) == limit:
+                    break
+        return out

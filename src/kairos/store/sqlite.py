@@ -1,0 +1,223 @@
+"""SQLite (WAL) implementation of the Store protocol: the embedded default."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from kairos.store.base import EventRecord, ItemRecord, UserRecord
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id        INTEGER PRIMARY KEY,
+    user_id   TEXT NOT NULL,
+    item_id   TEXT NOT NULL,
+    type      TEXT NOT NULL,
+    ts        REAL NOT NULL,
+    value     REAL,
+    context   TEXT
+);
+CREATE INDEX IF NOT EXISTS events_by_user ON events (user_id);
+CREATE TABLE IF NOT EXISTS items (
+    item_id    TEXT PRIMARY KEY,
+    title      TEXT NOT NULL DEFAULT '',
+    text       TEXT NOT NULL DEFAULT '',
+    categories TEXT NOT NULL DEFAULT '[]',
+    attributes TEXT NOT NULL DEFAULT '{}',
+    created_at REAL NOT NULL,
+    available  INTEGER NOT NULL DEFAULT 1
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS users (
+    user_id    TEXT PRIMARY KEY,
+    attributes TEXT NOT NULL DEFAULT '{}',
+    text       TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL
+) WITHOUT ROWID;
+"""
+
+_ITEM_UPSERT = """
+INSERT INTO items (item_id, title, text, categories, attributes, created_at, available)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (item_id) DO UPDATE SET
+    title = excluded.title, text = excluded.text, categories = excluded.categories,
+    attributes = excluded.attributes, created_at = excluded.created_at,
+    available = excluded.available
+"""
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _item_row(item: ItemRecord) -> tuple[Any, ...]:
+    return (
+        item.item_id,
+        item.title,
+        item.text,
+        _json(item.categories),
+        _json(item.attributes),
+        item.created_at,
+        int(item.available),
+    )
+
+
+def _item_from_row(row: sqlite3.Row | tuple[Any, ...]) -> ItemRecord:
+    return ItemRecord(
+        item_id=row[0],
+        title=row[1],
+        text=row[2],
+        categories=json.loads(row[3]),
+        attributes=json.loads(row[4]),
+        created_at=row[5],
+        available=bool(row[6]),
+    )
+
+
+def _event_from_row(row: tuple[Any, ...]) -> EventRecord:
+    return EventRecord(
+        row[0], row[1], row[2], row[3], row[4], json.loads(row[5]) if row[5] else None
+    )
+
+
+class SQLiteStore:
+    """One connection, serialised by a lock; WAL lets readers of other processes go on."""
+
+    def __init__(self, path: str | Path, synchronous: str = "FULL") -> None:
+        self.path = Path(path)
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={synchronous}")
+        self._db.executescript(SCHEMA)
+
+    # -- events ---------------------------------------------------------------------------
+
+    def append_events(self, events: Sequence[EventRecord], bare_items: Sequence[ItemRecord]) -> None:
+        rows = [
+            (e.user_id, e.item_id, str(e.type), e.timestamp, e.value,
+             _json(e.context) if e.context else None)
+            for e in events
+        ]
+        with self._lock, self._transaction():
+            if bare_items:
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO items (item_id, created_at) VALUES (?, ?)",
+                    [(item.item_id, item.created_at) for item in bare_items],
+                )
+            self._db.executemany(
+                "INSERT INTO events (user_id, item_id, type, ts, value, context) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+    def iter_events(self, batch_size: int = 10_000) -> Iterator[list[EventRecord]]:
+        last_id = 0
+        while True:
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT id, user_id, item_id, type, ts, value, context FROM events "
+                    "WHERE id > ? ORDER BY id LIMIT ?",
+                    (last_id, batch_size),
+                ).fetchall()
+            if not rows:
+                return
+            last_id = rows[-1][0]
+            yield [_event_from_row(row[1:]) for row in rows]
+
+    def user_events(self, user_id: str) -> list[EventRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT user_id, item_id, type, ts, value, context FROM events "
+                "WHERE user_id = ? ORDER BY id",
+                (user_id,),
+            ).fetchall()
+        return [_event_from_row(row) for row in rows]
+
+    def count_events(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT count(*) FROM events").fetchone()[0])
+
+    # -- items ----------------------------------------------------------------------------
+
+    def upsert_items(self, items: Sequence[ItemRecord]) -> None:
+        with self._lock, self._transaction():
+            self._db.executemany(_ITEM_UPSERT, [_item_row(item) for item in items])
+
+    def get_item(self, item_id: str) -> ItemRecord | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT item_id, title, text, categories, attributes, created_at, available "
+                "FROM items WHERE item_id = ?",
+                (item_id,),
+            ).fetchone()
+        return _item_from_row(row) if row else None
+
+    def iter_items(self) -> Iterator[ItemRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT item_id, title, text, categories, attributes, created_at, available "
+                "FROM items"
+            ).fetchall()
+        return (_item_from_row(row) for row in rows)
+
+    # -- users ----------------------------------------------------------------------------
+
+    def upsert_user(self, user: UserRecord) -> None:
+        with self._lock, self._transaction():
+            self._db.execute(
+                "INSERT INTO users (user_id, attributes, text, created_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (user_id) DO UPDATE SET attributes = excluded.attributes, "
+                "text = excluded.text",
+                (user.user_id, _json(user.attributes), user.text, user.created_at),
+            )
+
+    def get_user(self, user_id: str) -> UserRecord | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT user_id, attributes, text, created_at FROM users WHERE user_id = ?",
+                (user_id,),
+            ).fetchone()
+        if row is None:
+            return None
+        return UserRecord(row[0], json.loads(row[1]), row[2], row[3])
+
+    def iter_users(self) -> Iterator[UserRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT user_id, attributes, text, created_at FROM users"
+            ).fetchall()
+        return (UserRecord(r[0], json.loads(r[1]), r[2], r[3]) for r in rows)
+
+    def forget_user(self, user_id: str) -> int:
+        with self._lock, self._transaction():
+            deleted = self._db.execute("DELETE FROM events WHERE user_id = ?", (user_id,)).rowcount
+            self._db.execute("DELETE FROM users WHERE user_id = ?", (user_id,))
+        return int(deleted)
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error: a batch is stored whole or not at all."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
