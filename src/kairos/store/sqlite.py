@@ -30,7 +30,7 @@ CREATE TABLE IF NOT EXISTS items (
     attributes TEXT NOT NULL DEFAULT '{}',
     created_at REAL NOT NULL,
     available  INTEGER NOT NULL DEFAULT 1
-) WITHOUT ROWID;
+);
 CREATE TABLE IF NOT EXISTS users (
     user_id    TEXT PRIMARY KEY,
     attributes TEXT NOT NULL DEFAULT '{}',
@@ -162,7 +162,7 @@ class SQLiteStore:
         with self._lock:
             rows = self._db.execute(
                 "SELECT item_id, title, text, categories, attributes, created_at, available "
-                "FROM items"
+                "FROM items ORDER BY rowid"  # first-insertion order = the live catalogue's order
             ).fetchall()
         return (_item_from_row(row) for row in rows)
 

@@ -1,0 +1,29 @@
+# Two entry points: `make demo` (set up, generate demo data, serve) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo serve test bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(VENV)/bin/kairos demo
+
+serve: setup
+	$(VENV)/bin/kairos serve
+
+test: setup
+	$(VENV)/bin/pytest -q
+
+bench: setup
+	$(VENV)/bin/python benchmarks/serving.py
+
+clean:
+	rm -rf $(VENV) kairos-demo.db* .pytest_cache

@@ -1,0 +1,117 @@
+"""Shared fixtures: where the datasets are, engines on temporary databases, real servers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from kairos.clock import SimulatedClock
+from kairos.config import Settings
+from kairos.engine import Engine
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def find_data_dir() -> Path:
+    return Path(os.environ.get("KAIROS_DATA_DIR", ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    return find_data_dir()
+
+
+def dataset(name: str) -> Path:
+    """The folder of a shared dataset, or skip the test saying where it was looked for."""
+    path = find_data_dir() / name
+    if not path.is_dir():
+        pytest.skip(f"dataset {name} not found at {path} (set KAIROS_DATA_DIR)")
+    return path
+
+
+@pytest.fixture
+def clock() -> SimulatedClock:
+    return SimulatedClock(1_700_000_000.0)
+
+
+@pytest.fixture
+def engine(tmp_path: Path, clock: SimulatedClock) -> Iterator[Engine]:
+    eng = Engine(Settings(db_path=tmp_path / "kairos.db"), clock=clock)
+    yield eng
+    eng.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    """`kairos serve` in a subprocess on 127.0.0.1: the real thing, as users run it."""
+
+    def __init__(self, db_path: Path) -> None:
+        self.db_path = db_path
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> Server:
+        env = dict(os.environ, KAIROS_DB_PATH=str(self.db_path))
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "kairos", "serve", "--port", str(self.port)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                output = self.process.stdout.read().decode() if self.process.stdout else ""
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{output}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("server did not answer /healthz in time")
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=10.0)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown hooks, no flushing, as in a crash."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[type[Server] | object]:
+    started: list[Server] = []
+
+    def make(db_path: Path | None = None) -> Server:
+        server = Server(db_path or tmp_path / "server.db").start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()

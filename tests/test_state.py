@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+
+from kairos.config import DAY, Settings
+from kairos.state import Catalog, OnlineState
+from kairos.state.decay import ForwardDecay
+from kairos.state.popularity import DecayedPopularity
+from kairos.store import EventRecord, ItemRecord
+
+
+def make_state(**overrides: object) -> OnlineState:
+    catalog = Catalog()
+    for name in "abcdefgh":
+        catalog.upsert(ItemRecord(name, categories=["vowel" if name in "aeiou" else "consonant"]))
+    return OnlineState(Settings(**overrides), catalog)  # type: ignore[arg-type]
+
+
+def test_forward_decay_matches_naive_decay_across_rescales() -> None:
+    half_life = 3600.0
+    popularity = DecayedPopularity(half_life)
+    rng = random.Random(1)
+    events = sorted((rng.uniform(0, 2_000 * half_life), rng.randrange(3), rng.uniform(1, 5)) for _ in range(400))
+    for t, item, weight in events:
+        popularity.add(item, ("c",), weight, t)
+    now = events[-1][0] + 100
+    naive = np.zeros(3)
+    for t, item, weight in events:
+        naive[item] += weight * 0.5 ** ((now - t) / half_life)
+    assert np.allclose(popularity.item_scores(3, now), naive, rtol=1e-9, atol=1e-300)
+    assert math.isclose(popularity.category_scores(now)["c"], naive.sum(), rel_tol=1e-9)
+    assert ForwardDecay(0).now_factor(1e9) == 1.0  # half-life 0: no decay
+
+
+def test_ranking_scores_survive_years_of_silence() -> None:
+    popularity = DecayedPopularity(DAY)
+    popularity.add(0, (), 1.0, 0.0)
+    popularity.add(1, (), 3.0, 0.0)
+    assert popularity.item_scores(2, 10 * 365 * DAY).max() == 0.0  # underflows...
+    assert list(np.argsort(-popularity.ranking_scores(2))) == [1, 0]  # ...the order does not
+
+
+def click(user: str, item: str, t: float, kind: str = "click", value: float | None = None) -> EventRecord:
+    return EventRecord(user, item, kind, t, value)
+
+
+def test_covisitation_respects_window_lookback_and_direction() -> None:
+    state = make_state(covisit_window_s=100, covisit_lookback=2, covisit_backward_weight=0.5,
+                       covisit_half_life_s=0)
+    idx = state.catalog.index
+    state.apply([click("u", "a", 0), click("u", "b", 10), click("u", "c", 20), click("u", "d", 30),
+                 click("u", "e", 500)])  # e is outside the window of everything before
+    assert state.covisit.count(idx["a"], idx["b"], 0) == 1.0
+    assert state.covisit.count(idx["b"], idx["a"], 0) == 0.5
+    assert state.covisit.count(idx["a"], idx["c"], 0) == 1.0
+    assert state.covisit.count(idx["a"], idx["d"], 0) == 0.0  # beyond lookback 2
+    assert state.covisit.neighbours(idx["e"])[0] == {}
+
+
+def test_impressions_and_negatives_are_not_visits() -> None:
+    state = make_state()
+    idx = state.catalog.index
+    state.apply([click("u", "a", 0), click("u", "b", 1, "impression"), click("u", "c", 2, "dislike"),
+                 click("u", "d", 3, "rating", 1.0), click("u", "e", 4, "rating", 5.0)])
+    user = state.users["u"]
+    assert [step.item for step in user.recent] == [idx[x] for x in "acde"]  # impressions are not in the sequence
+    assert user.seen == {idx["a"], idx["d"], idx["e"]}
+    assert user.event_count == 5
+    scores = state.popularity.ranking_scores(len(state.catalog))
+    assert scores[idx["c"]] == scores[idx["d"]] == scores[idx["b"]] == 0  # no positive weight
+    assert scores[idx["e"]] > scores[idx["a"]] > 0  # a 5-star rating outweighs a click
+
+
+def test_sequence_is_time_ordered_and_bounded() -> None:
+    state = make_state(sequence_length=3)
+    state.apply([click("u", "a", 10), click("u", "b", 30), click("u", "c", 20), click("u", "d", 40)])
+    steps = state.users["u"].recent
+    assert [state.catalog.ids[s.item] for s in steps] == ["c", "b", "d"]
+    assert [s.timestamp for s in steps] == [20, 30, 40]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_forget_removes_exactly_what_the_user_added(seed: int) -> None:
+    rng = random.Random(seed)
+    events = [click(f"u{rng.randrange(6)}", rng.choice("abcdefgh"), rng.uniform(0, 30 * DAY),
+                    rng.choice(["view", "click", "purchase", "skip", "impression"])) for _ in range(600)]
+    everyone = make_state()
+    everyone.apply(events)
+    everyone.forget("u3", [e for e in events if e.user_id == "u3"])
+    without = make_state()
+    without.apply([e for e in events if e.user_id != "u3"])
+    now = 31 * DAY
+    n = len(everyone.catalog)
+    assert np.allclose(everyone.popularity.item_scores(n, now), without.popularity.item_scores(n, now),
+                       rtol=1e-9, atol=1e-12)
+    for a in range(n):
+        left, _ = everyone.covisit.neighbours(a)
+        right, _ = without.covisit.neighbours(a)
+        assert left.keys() == right.keys()
+        for b in left:
+            assert math.isclose(everyone.covisit.count(a, b, now), without.covisit.count(a, b, now), rel_tol=1e-9)
+    assert "u3" not in everyone.users
+    assert everyone.events_applied == without.events_applied
