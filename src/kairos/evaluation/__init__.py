@@ -1,0 +1,1 @@
+"""Evaluation: metrics, protocols (leave-one-out, temporal, replay, push), reports."""
