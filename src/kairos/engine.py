@@ -17,7 +17,7 @@ import numpy as np
 
 from kairos.clock import Clock, WallClock
 from kairos.config import Settings
-from kairos.ranking import reciprocal_rank_fusion
+from kairos.ranking import Fused, reciprocal_rank_fusion
 from kairos.schema import Event, Item, ItemFields, Recommendations, RecommendedItem, SequenceEntry
 from kairos.schema import SimilarItems, User, UserView
 from kairos.sources import CandidateSource, Candidates, CovisitSource, UserContext, build_sources
@@ -218,33 +218,39 @@ class Engine:
         request_id: str | None = None,
     ) -> Recommendations:
         with self._lock:
-            now = self.clock.now()
+            ctx = self.user_context(user_id, category, exclude_seen)
+            fused = self.fuse(ctx, self.settings.source_weights, depth=max(n * CANDIDATE_DEPTH, 50))
+            items = [
+                RecommendedItem(item_id=self.catalog.ids[item], score=score, sources=sources,
+                                title=self.catalog.titles[item])
+                for item, score, sources in fused.top(n)
+            ]
+        return Recommendations(
+            user_id=user_id, items=items, model_version=self.model_version,
+            request_id=request_id or uuid.uuid4().hex,
+        )
+
+    def user_context(self, user_id: str, category: str | None = None, exclude_seen: bool = True) -> UserContext:
+        """The request as sources see it: the user's state and the filters as a mask."""
+        with self._lock:
             user = self.state.users.get(user_id)
             allowed = self.catalog.available.copy()
             if category is not None:
                 allowed &= self.catalog.category_mask(category)
             if exclude_seen and user is not None and user.seen:
                 allowed[np.fromiter(user.seen, dtype=np.int64, count=len(user.seen))] = False
-            ctx = UserContext(user_id, now, user, allowed, category)
-            weights = self.settings.source_weights
-            depth = max(n * CANDIDATE_DEPTH, 50)
+            return UserContext(user_id, self.clock.now(), user, allowed, category)
+
+    def fuse(self, ctx: UserContext, weights: dict[str, float], depth: int) -> Fused:
+        """Ask every weighted source for `depth` candidates and fuse their ranks
+        (evaluation asks for the whole catalogue to rank a target among all items)."""
+        with self._lock:
             ranked = {
                 name: source.candidates(ctx, depth)
                 for name, source in self.sources.items()
                 if weights.get(name, 0.0) > 0
             }
-            fused = reciprocal_rank_fusion(ranked, weights, n)
-            items = [
-                RecommendedItem(
-                    item_id=self.catalog.ids[f.item], score=f.score, sources=f.sources,
-                    title=self.catalog.titles[f.item],
-                )
-                for f in fused
-            ]
-        return Recommendations(
-            user_id=user_id, items=items, model_version=self.model_version,
-            request_id=request_id or uuid.uuid4().hex,
-        )
+            return reciprocal_rank_fusion(ranked, weights, len(self.catalog))
 
     def similar(self, item_id: str, n: int = 10, request_id: str | None = None) -> SimilarItems:
         """Items co-visited with this one; topped up with the most popular of its categories."""
@@ -264,14 +270,14 @@ class Engine:
                 ctx = UserContext("", self.clock.now(), None, allowed & same_category)
                 ranked["popular"] = self.sources["popular"].candidates(ctx, n)
             # Co-visitation first, popular only fills: a lexicographic weight.
-            fused = reciprocal_rank_fusion(ranked, {"covisit": 1000.0, "popular": 1.0}, n)
+            fused = reciprocal_rank_fusion(ranked, {"covisit": 1000.0, "popular": 1.0}, len(self.catalog))
             items = [
                 RecommendedItem(
-                    item_id=self.catalog.ids[f.item],
-                    score=float(self._score_of(ranked, f.sources[0], f.item)),
-                    sources=f.sources, title=self.catalog.titles[f.item],
+                    item_id=self.catalog.ids[item],
+                    score=self._score_of(ranked, sources[0], item),
+                    sources=sources, title=self.catalog.titles[item],
                 )
-                for f in fused
+                for item, _, sources in fused.top(n)
             ]
         return SimilarItems(
             item_id=item_id, items=items, model_version=self.model_version,

@@ -1,5 +1,5 @@
 """From candidates to a ranked list: fusion of sources (later: a learned ranker, rules)."""
 
-from kairos.ranking.fusion import FusedItem, reciprocal_rank_fusion
+from kairos.ranking.fusion import Fused, reciprocal_rank_fusion
 
-__all__ = ["FusedItem", "reciprocal_rank_fusion"]
+__all__ = ["Fused", "reciprocal_rank_fusion"]

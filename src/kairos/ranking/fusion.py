@@ -1,42 +1,44 @@
 """Weighted reciprocal-rank fusion (Cormack, Clarke, Buettcher; SIGIR 2009).
 
 Sources score on incomparable scales (decayed counts, probabilities, cosine), so we
-fuse ranks: score(i) = sum over sources s of weight_s / (K + rank_s(i)).
+fuse ranks: score(i) = sum over sources s of weight_s / (K + rank_s(i)), rank from 1.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from kairos.sources.base import Candidates
+import numpy as np
+
+from kairos.sources.base import Candidates, top_k
 
 RRF_K = 60.0
 
 
 @dataclass(slots=True)
-class FusedItem:
-    item: int
-    score: float
-    sources: list[str] = field(default_factory=list)  # strongest contribution first
-    contributions: dict[str, float] = field(default_factory=dict)
+class Fused:
+    scores: np.ndarray  # over the whole catalogue; 0 = proposed by no source
+    contributions: dict[str, np.ndarray]  # per source, same shape
+
+    def top(self, n: int) -> list[tuple[int, float, list[str]]]:
+        """The n best items: (index, score, sources by decreasing contribution)."""
+        best = top_k(self.scores, n)
+        out = []
+        for item, score in zip(best.items.tolist(), best.scores.tolist(), strict=True):
+            shares = {name: c[item] for name, c in self.contributions.items() if c[item] > 0}
+            out.append((item, score, sorted(shares, key=lambda name: -shares[name])))
+        return out
 
 
-def reciprocal_rank_fusion(
-    ranked: dict[str, Candidates], weights: dict[str, float], n: int
-) -> list[FusedItem]:
-    fused: dict[int, FusedItem] = {}
+def reciprocal_rank_fusion(ranked: dict[str, Candidates], weights: dict[str, float], n_items: int) -> Fused:
+    scores = np.zeros(n_items, dtype=np.float64)
+    contributions: dict[str, np.ndarray] = {}
     for name, candidates in ranked.items():
         weight = weights.get(name, 0.0)
-        if weight <= 0:
+        if weight <= 0 or len(candidates.items) == 0:
             continue
-        for rank, item in enumerate(candidates.items.tolist()):
-            entry = fused.get(item)
-            if entry is None:
-                entry = fused[item] = FusedItem(item, 0.0)
-            share = weight / (RRF_K + rank + 1)
-            entry.score += share
-            entry.contributions[name] = share
-    best = sorted(fused.values(), key=lambda f: (-f.score, f.item))[:n]
-    for entry in best:
-        entry.sources = sorted(entry.contributions, key=lambda s: -entry.contributions[s])
-    return best
+        share = np.zeros(n_items, dtype=np.float64)
+        share[candidates.items] = weight / (RRF_K + 1.0 + np.arange(len(candidates.items)))
+        scores += share
+        contributions[name] = share
+    return Fused(scores, contributions)
