@@ -105,3 +105,13 @@ def test_forget_removes_exactly_what_the_user_added(seed: int) -> None:
             assert math.isclose(everyone.covisit.count(a, b, now), without.covisit.count(a, b, now), rel_tol=1e-9)
     assert "u3" not in everyone.users
     assert everyone.events_applied == without.events_applied
+
+
+def test_popularity_of_a_late_index_leaves_the_others_at_zero() -> None:
+    popularity = DecayedPopularity(0)
+    for item in range(1000):
+        popularity.add(item, (), 1.0, 0.0)
+    popularity.add(5000, (), 2.0, 0.0)  # grows the array well past its size
+    scores = popularity.ranking_scores(6000)
+    assert scores[:1000].sum() == 1000 and scores[5000] == 2.0
+    assert scores[1000:5000].sum() == 0 and scores[5001:].sum() == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from kairos.state.popularity import grown
 from kairos.store.base import ItemRecord
 
 
@@ -39,8 +40,8 @@ class Catalog:
         if idx is None:
             idx = len(self.ids)
             if idx == len(self._available):
-                self._available = np.resize(self._available, 2 * idx)
-                self._created_at = np.resize(self._created_at, 2 * idx)
+                self._available = grown(self._available, 2 * idx)
+                self._created_at = grown(self._created_at, 2 * idx)
             self.ids.append(item.item_id)
             self.index[item.item_id] = idx
             self.titles.append("")

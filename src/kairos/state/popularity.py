@@ -7,6 +7,13 @@ import numpy as np
 from kairos.state.decay import ForwardDecay
 
 
+def grown(array: np.ndarray, size: int) -> np.ndarray:
+    """A copy of `array` extended with zeros to `size` (np.resize would repeat it)."""
+    out = np.zeros(size, dtype=array.dtype)
+    out[: len(array)] = array
+    return out
+
+
 class DecayedPopularity:
     def __init__(self, half_life_s: float) -> None:
         self.decay = ForwardDecay(half_life_s)
@@ -19,8 +26,7 @@ class DecayedPopularity:
             self._items *= factor
             self._categories = {name: v * factor for name, v in self._categories.items()}
         if item >= len(self._items):
-            self._items = np.resize(self._items, max(2 * len(self._items), item + 1))
-            self._items[item:] = 0.0
+            self._items = grown(self._items, max(2 * len(self._items), item + 1))
         amount = weight * self.decay.weight(t)
         # Subtraction (forgetting a user) may leave float dust: clamp at zero.
         self._items[item] = max(self._items[item] + amount, 0.0)
