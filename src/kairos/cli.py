@@ -164,6 +164,44 @@ def demo(
         engine.close()
 
 
+@app.command()
+def evaluate(
+    data: Annotated[Path, typer.Option("--data", help="Dataset folder (MovieLens, UniSRec) or a Kairos .db.")],
+    protocol: Annotated[str, typer.Option(help="loo (temporal, replay, push: not yet).")] = "loo",
+    models: Annotated[str, typer.Option(help="Comma-separated: random, popular, covisit, kairos.")]
+    = "random,popular,covisit,kairos",
+    out: Annotated[Path, typer.Option(help="Folder for results.json, report.md, plots.")] = Path("runs/eval"),
+    mask_history: Annotated[str, typer.Option(help="both, yes (LlamaRec) or no (RecBole/UniSRec).")] = "both",
+    split: Annotated[str, typer.Option(help="test or valid.")] = "test",
+    core: Annotated[int, typer.Option(help="Keep items, then users, with at least this many events.")] = 0,
+    max_users: Annotated[int | None, typer.Option(help="Evaluate a seeded sample of users.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
+) -> None:
+    """Measure models through the serving Engine; print a table, write a report."""
+    from kairos.evaluation.data import load_eval_data
+    from kairos.evaluation.protocols import leave_one_out
+    from kairos.evaluation.report import print_table, write_outputs
+
+    if protocol != "loo":
+        raise typer.BadParameter("only 'loo' is implemented so far", param_hint="--protocol")
+    if mask_history not in ("both", "yes", "no"):
+        raise typer.BadParameter("one of both, yes, no", param_hint="--mask-history")
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    dataset = load_eval_data(data, core, core, quiet=False)
+    console.print(f"{dataset.name}: {dataset.summary()}")
+    conventions = {"both": [True, False], "yes": [True], "no": [False]}[mask_history]
+    results = []
+    for mask in conventions:
+        result = leave_one_out(dataset, names, mask_history=mask, split=split, seed=seed, max_users=max_users)
+        print_table(result, console)
+        results.append(result)
+    config = {"dataset": dataset.name, "path": str(data), "protocol": protocol, "models": names,
+              "split": split, "core": core, "max_users": max_users, "seed": seed,
+              "fingerprint": dataset.fingerprint(), **dataset.summary()}
+    write_outputs(results, out, config, dataset.notes)
+    console.print(f"[green]wrote[/] {out}/results.json, report.md, models.png")
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     app()

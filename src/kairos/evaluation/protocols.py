@@ -174,10 +174,12 @@ def leave_one_out(
 def _items_as_models(data: EvalData) -> list[Any]:
     from kairos.schema import Item
 
+    # The universe ranked against: items with at least one event after filtering.
+    present = {e.item_id for e in data.events}
     return [
         Item(item_id=i.item_id, title=i.title, text=i.text, categories=i.categories,
              attributes=i.attributes, created_at=i.created_at, available=True)
-        for i in data.items
+        for i in data.items if i.item_id in present
     ]
 
 
