@@ -291,3 +291,22 @@ def test_cli_imports_a_file(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "imported 3 events" in result.output
+
+
+def test_cli_refuses_a_second_import_unless_appending(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from kairos.cli import app
+
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"user_id": "u", "item_id": "i", "type": "view", "timestamp": 1}\n')
+    db = str(tmp_path / "twice.db")
+    runner = CliRunner()
+    assert runner.invoke(app, ["import", "events", str(events), "--db", db]).exit_code == 0
+    second = runner.invoke(app, ["import", "events", str(events), "--db", db])
+    assert second.exit_code == 1 and "--append" in second.output
+    assert runner.invoke(app, ["import", "events", str(events), "--db", db, "--append"]).exit_code == 0
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"user_id": "u", "item_id": "i", "type": "warp"}\n')
+    failed = runner.invoke(app, ["import", "events", str(bad), "--db", str(tmp_path / "bad.db")])
+    assert failed.exit_code == 1 and "line 1" in failed.output and "Traceback" not in failed.output

@@ -33,8 +33,8 @@ def test_upserts_and_forget(tmp_path: Path) -> None:
     store.upsert_items([ItemRecord("a", "Old", categories=["x"])])
     store.upsert_items([ItemRecord("a", "New", "text", ["y", "z"], {"price": 3}, 7.0, False)])
     assert store.get_item("a") == ItemRecord("a", "New", "text", ["y", "z"], {"price": 3}, 7.0, False)
-    store.upsert_user(UserRecord("u1", {"age": 30}, "likes tea", 1.0))
-    store.upsert_user(UserRecord("u1", {"age": 31}, "likes coffee", 2.0))
+    store.upsert_users([UserRecord("u1", {"age": 30}, "likes tea", 1.0)])
+    store.upsert_users([UserRecord("u1", {"age": 31}, "likes coffee", 2.0)])
     assert store.get_user("u1") == UserRecord("u1", {"age": 31}, "likes coffee", 1.0)  # first creation kept
     store.append_events([EventRecord("u1", "a", "view", 1.0), EventRecord("u2", "a", "view", 1.0)], [])
     assert store.forget_user("u1") == 1

@@ -41,6 +41,26 @@ def open_engine(settings: Settings) -> Engine:
     return engine
 
 
+def open_for_import(db: Path | None, append: bool) -> Engine:
+    """An engine to import into; refuses a store that already holds events unless
+    --append, because importing the same file twice would count every event twice."""
+    engine = open_engine(_settings(db))
+    if not append and engine.stats()["events"]:
+        engine.close()
+        console.print(f"[red]error:[/] {engine.settings.db_path} already holds events; "
+                      "pass --append to add to them, or choose another --db")
+        raise typer.Exit(1)
+    return engine
+
+
+def _fail(error: Exception) -> typer.Exit:
+    console.print(f"[red]error:[/] {error}")
+    return typer.Exit(1)
+
+
+AppendOption = Annotated[bool, typer.Option("--append", help="Add to a store that already holds events.")]
+
+
 def _serve(engine: Engine, host: str, port: int) -> None:
     import uvicorn
 
@@ -71,12 +91,16 @@ def serve(
 def import_movielens_command(
     path: Annotated[Path, typer.Argument(help="Folder of a MovieLens release (100K, 1M, 10M, latest).")],
     db: DbOption = None,
+    append: AppendOption = False,
 ) -> None:
     """Import MovieLens: ratings become `rating` events, movies items, users users."""
     from kairos.datasets.movielens import import_movielens
 
-    engine = open_engine(_settings(db))
-    report = import_movielens(engine, path)
+    engine = open_for_import(db, append)
+    try:
+        report = import_movielens(engine, path)
+    except (ValueError, OSError) as error:
+        raise _fail(error) from None
     console.print(f"[green]imported[/] {report}")
     engine.close()
 
@@ -85,12 +109,16 @@ def import_movielens_command(
 def import_events_command(
     file: Annotated[Path, typer.Argument(help="CSV (with a header) or JSON Lines of events.")],
     db: DbOption = None,
+    append: AppendOption = False,
 ) -> None:
     """Import events (columns/keys as in POST /v1/events)."""
     from kairos.datasets.files import import_events_file
 
-    engine = open_engine(_settings(db))
-    count = import_events_file(engine, file)
+    engine = open_for_import(db, append)
+    try:
+        count = import_events_file(engine, file)
+    except (ValueError, OSError) as error:
+        raise _fail(error) from None
     console.print(f"[green]imported[/] {count:,} events")
     engine.close()
 
@@ -104,7 +132,10 @@ def import_items_command(
     from kairos.datasets.files import import_items_file
 
     engine = open_engine(_settings(db))
-    count = import_items_file(engine, file)
+    try:
+        count = import_items_file(engine, file)
+    except (ValueError, OSError) as error:
+        raise _fail(error) from None
     console.print(f"[green]imported[/] {count:,} items")
     engine.close()
 

@@ -159,15 +159,16 @@ class Engine:
             self.catalog.set_available(self.catalog.index[item_id], False)
         return record
 
-    def upsert_user(self, user: User) -> UserRecord:
+    def upsert_users(self, users: Sequence[User]) -> list[UserRecord]:
+        """Create or update profiles in one transaction; creation time is kept."""
+        now = self.clock.now()
+        records = [UserRecord(u.user_id, dict(u.attributes), u.text, now) for u in users]
         with self._lock:
-            existing = self.store.get_user(user.user_id)
-            record = UserRecord(
-                user.user_id, dict(user.attributes), user.text,
-                existing.created_at if existing else self.clock.now(),
-            )
-            self.store.upsert_user(record)
-        return record
+            self.store.upsert_users(records)
+        return records
+
+    def upsert_user(self, user: User) -> UserRecord:
+        return self.upsert_users([user])[0]
 
     def forget_user(self, user_id: str) -> int:
         """Delete the user's events, profile and online state. Returns events deleted."""

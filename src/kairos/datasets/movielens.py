@@ -139,8 +139,8 @@ def import_movielens(engine: Engine, path: Path, quiet: bool = False) -> ImportR
 
     for start in range(0, len(items), ITEM_CHUNK):
         engine.upsert_items(items[start : start + ITEM_CHUNK])
-    for user in users:
-        engine.upsert_user(user)
+    if users:
+        engine.upsert_users(users)
     _ingest_ratings(engine, ratings, order, quiet)
 
     user_ids = {profile.user_id for profile in release.profiles}

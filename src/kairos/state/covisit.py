@@ -16,23 +16,38 @@ class Covisitation:
         self._neighbours: dict[int, dict[int, float]] = {}
         self._totals: dict[int, float] = {}
 
-    def add(self, a: int, b: int, weight: float, t: float) -> None:
+    def add_visit(self, item: int, previous: list[int], forward: float, backward: float, t: float) -> None:
+        """A visit of `item` at t after visits of `previous`: previous->item gains `forward`,
+        item->previous `backward` (negative weights subtract, for forgetting)."""
         factor = self.decay.rescale_needed(t)
         if factor is not None:
             self._rescale(factor)
-        amount = weight * self.decay.weight(t)
-        row = self._neighbours.setdefault(a, {})
+        scale = self.decay.weight(t)
+        for other in previous:
+            self._add(other, item, forward * scale)
+            if backward:
+                self._add(item, other, backward * scale)
+
+    def _add(self, a: int, b: int, amount: float) -> None:
+        row = self._neighbours.get(a)
+        if row is None:
+            row = self._neighbours[a] = {}
         value = row.get(b, 0.0) + amount
         total = self._totals.get(a, 0.0) + amount
-        if value <= _DUST * abs(amount):
+        if amount > 0:
+            row[b] = value
+            self._totals[a] = total
+            return
+        # Subtraction: what is left of an exact removal is float dust.
+        if value <= _DUST * -amount:
             row.pop(b, None)
         else:
             row[b] = value
-        if not row:
+        if row:
+            self._totals[a] = max(total, 0.0)
+        else:
             self._neighbours.pop(a, None)
             self._totals.pop(a, None)
-        else:
-            self._totals[a] = max(total, 0.0)
 
     def neighbours(self, a: int) -> tuple[dict[int, float], float]:
         """Forward-decayed counts of a's neighbours and their sum (both share one decay

@@ -56,13 +56,16 @@ class OnlineState:
             position = user.insert(step, settings.sequence_length)
             if visit:
                 user.seen.add(item)
-                for previous in user.previous_visits(
-                    position, t - settings.covisit_window_s, settings.covisit_lookback
-                ):
-                    if previous.item != item:
-                        self.covisit.add(previous.item, item, sign, t)
-                        self.covisit.add(
-                            item, previous.item, sign * settings.covisit_backward_weight, t
-                        )
+                previous = [
+                    step.item
+                    for step in user.previous_visits(
+                        position, t - settings.covisit_window_s, settings.covisit_lookback
+                    )
+                    if step.item != item
+                ]
+                if previous:
+                    self.covisit.add_visit(
+                        item, previous, sign, sign * settings.covisit_backward_weight, t
+                    )
         if weight > 0:
             self.popularity.add(item, self.catalog.categories[item], sign * weight, t)

@@ -168,13 +168,13 @@ class SQLiteStore:
 
     # -- users ----------------------------------------------------------------------------
 
-    def upsert_user(self, user: UserRecord) -> None:
+    def upsert_users(self, users: Sequence[UserRecord]) -> None:
         with self._lock, self._transaction():
-            self._db.execute(
+            self._db.executemany(
                 "INSERT INTO users (user_id, attributes, text, created_at) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (user_id) DO UPDATE SET attributes = excluded.attributes, "
                 "text = excluded.text",
-                (user.user_id, _json(user.attributes), user.text, user.created_at),
+                [(u.user_id, _json(u.attributes), u.text, u.created_at) for u in users],
             )
 
     def get_user(self, user_id: str) -> UserRecord | None:
