@@ -198,39 +198,45 @@ def demo(
 @app.command()
 def evaluate(
     data: Annotated[Path, typer.Option("--data", help="Dataset folder (MovieLens, UniSRec) or a Kairos .db.")],
-    protocol: Annotated[str, typer.Option(help="loo (temporal, replay, push: not yet).")] = "loo",
-    models: Annotated[str, typer.Option(help="Comma-separated: random, popular, covisit, kairos.")]
+    protocol: Annotated[str, typer.Option(help="loo, temporal, replay or push.")] = "loo",
+    models: Annotated[str, typer.Option(help="Comma-separated: random, popular, covisit, kairos "
+                                             "(push: random, active, category).")]
     = "random,popular,covisit,kairos",
     out: Annotated[Path, typer.Option(help="Folder for results.json, report.md, plots.")] = Path("runs/eval"),
-    mask_history: Annotated[str, typer.Option(help="both, yes (LlamaRec) or no (RecBole/UniSRec).")] = "both",
-    split: Annotated[str, typer.Option(help="test or valid.")] = "test",
+    mask_history: Annotated[str, typer.Option(help="loo: both, yes (LlamaRec) or no (RecBole/UniSRec).")]
+    = "both",
+    split: Annotated[str, typer.Option(help="loo: test or valid.")] = "test",
     core: Annotated[int, typer.Option(help="Keep items, then users, with at least this many events.")] = 0,
     max_users: Annotated[int | None, typer.Option(help="Evaluate a seeded sample of users.")] = None,
+    max_events: Annotated[int | None, typer.Option(help="replay: only the first K events after the cut.")]
+    = None,
+    cut: Annotated[float, typer.Option(help="temporal/replay/push: share of events before the cut.")] = 0.8,
+    window_days: Annotated[float, typer.Option(help="push: days in which a notified user must act.")] = 7.0,
+    decay: Annotated[bool, typer.Option("--decay/--no-decay", help="replay: serving time decay.")] = True,
     seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
 ) -> None:
-    """Measure models through the serving Engine; print a table, write a report."""
-    from kairos.evaluation.data import load_eval_data
-    from kairos.evaluation.protocols import leave_one_out
-    from kairos.evaluation.report import print_table, write_outputs
+    """Measure models through the serving Engine; print tables, write a report and plots."""
+    import sys
 
-    if protocol != "loo":
-        raise typer.BadParameter("only 'loo' is implemented so far", param_hint="--protocol")
+    from kairos.evaluation.report import print_result, write_outputs
+    from kairos.evaluation.run import EvalOptions, config_of, run_evaluation
+
     if mask_history not in ("both", "yes", "no"):
         raise typer.BadParameter("one of both, yes, no", param_hint="--mask-history")
-    names = [m.strip() for m in models.split(",") if m.strip()]
-    dataset = load_eval_data(data, core, core, quiet=False)
-    console.print(f"{dataset.name}: {dataset.summary()}")
-    conventions = {"both": [True, False], "yes": [True], "no": [False]}[mask_history]
-    results = []
-    for mask in conventions:
-        result = leave_one_out(dataset, names, mask_history=mask, split=split, seed=seed, max_users=max_users)
-        print_table(result, console)
-        results.append(result)
-    config = {"dataset": dataset.name, "path": str(data), "protocol": protocol, "models": names,
-              "split": split, "core": core, "max_users": max_users, "seed": seed,
-              "fingerprint": dataset.fingerprint(), **dataset.summary()}
-    write_outputs(results, out, config, dataset.notes)
-    console.print(f"[green]wrote[/] {out}/results.json, report.md, models.png")
+    options = EvalOptions(
+        models=[m.strip() for m in models.split(",") if m.strip()], mask_history=mask_history, split=split,
+        core=core, max_users=max_users, max_events=max_events, cut=cut, window_days=window_days,
+        decay=decay, seed=seed,
+    )
+    try:
+        dataset, results = run_evaluation(data, protocol, options)
+    except (ValueError, OSError) as error:
+        raise _fail(error) from None
+    for result in results:
+        print_result(result, console)
+    config = {**config_of(dataset, data, protocol, options), "command": " ".join(["kairos", *sys.argv[1:]])}
+    written = write_outputs(results, out, config, dataset.notes)
+    console.print(f"[green]wrote[/] {', '.join(str(p) for p in written)}")
 
 
 def main() -> None:

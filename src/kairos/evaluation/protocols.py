@@ -12,6 +12,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,7 @@ def leave_one_out(
     seed: int = 0,
     max_users: int | None = None,
     quiet: bool = False,
+    audit: Callable[[Engine, EventRecord], None] | None = None,
 ) -> LooResult:
     if split not in ("test", "valid"):
         raise ValueError("split must be 'test' or 'valid'")
@@ -138,6 +140,8 @@ def leave_one_out(
             rows, lists, latencies = [], [], []
             with progress(f"leave-one-out {name}", len(users), quiet=quiet) as advance:
                 for user in users:
+                    if audit is not None:
+                        audit(engine, targets[user])
                     target = engine.catalog.index[targets[user].item_id]
                     started = time.perf_counter()
                     ctx = engine.user_context(user, exclude_seen=mask_history)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 from datetime import datetime, timezone
@@ -14,6 +15,9 @@ from rich.table import Table
 
 from kairos import __version__
 from kairos.evaluation.protocols import LooResult
+from kairos.evaluation.replay import PushResult, ReplayResult, TemporalResult
+
+AnyResult = LooResult | TemporalResult | ReplayResult | PushResult
 
 HEADLINE = ("HR@1", "HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "MRR")
 
@@ -40,26 +44,81 @@ def print_table(result: LooResult, console: Console) -> None:
     console.print(table)
 
 
-def write_outputs(results: list[LooResult], out: Path, config: dict[str, Any], notes: list[str]) -> None:
+def print_result(result: AnyResult, console: Console) -> None:
+    if isinstance(result, LooResult):
+        print_table(result, console)
+        return
+    title, header, rows = _rows(result)
+    table = Table(title=title)
+    for column in header:
+        table.add_column(column, justify="left" if column == header[0] else "right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+def _rows(result: AnyResult) -> tuple[str, list[str], list[list[str]]]:
+    """A non-LOO result as (title, header, rows) for the terminal and markdown alike."""
+    if isinstance(result, TemporalResult):
+        keys = [f"Recall@{result.k}", f"NDCG@{result.k}", f"coverage@{result.k}"]
+        return (f"{result.dataset}: global temporal split, {result.users:,} users",
+                ["model", *keys],
+                [[name, *(f"{m[k]:.4f}" for k in keys)] for name, m in result.models.items()])
+    if isinstance(result, ReplayResult):
+        rows = []
+        for name, runs in result.models.items():
+            on, off = runs["online"], runs["frozen"]
+            rows.append([name, f"{on.metrics['HR@10']:.4f}", f"{off.metrics['HR@10']:.4f}",
+                         f"{result.ratio(name):.2f}x", f"{on.metrics['NDCG@10']:.4f}",
+                         f"{off.metrics['NDCG@10']:.4f}", f"{on.latency_ms.get('p50', 0):.2f}",
+                         f"{on.latency_ms.get('p99', 0):.2f}"])
+        return (f"{result.dataset}: prequential replay of {result.events:,} events",
+                ["model", "HR@10 online", "HR@10 frozen", "online/frozen", "NDCG@10 online",
+                 "NDCG@10 frozen", "p50 ms", "p99 ms"], rows)
+    keys = ["precision@10", "precision@100", "recall@100"]
+    return (f"{result.dataset}: new-item push, {result.new_items:,} arrivals, "
+            f"{result.window_days:g}-day window",
+            ["targeter", *keys],
+            [[name, *(f"{m.get(k, 0):.4f}" for k in keys)] for name, m in result.targeters.items()])
+
+
+def write_outputs(results: list[AnyResult], out: Path, config: dict[str, Any], notes: list[str]) -> list[Path]:
+    """results.json, report.md and PNG plots; returns the files written."""
     out.mkdir(parents=True, exist_ok=True)
     payload = {
         "kairos": code_version(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "python": platform.python_version()},
+        "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                    "cpus": os.cpu_count()},
         "config": config,
         "notes": notes,
         "results": [r.to_json() for r in results],
     }
-    (out / "results.json").write_text(json.dumps(payload, indent=2))
-    (out / "report.md").write_text(_markdown(results, payload))
-    _bar_chart(results, out / "models.png")
+    written = [out / "results.json", out / "report.md"]
+    written[0].write_text(json.dumps(payload, indent=2))
+    written[1].write_text(_markdown(results, payload))
+    loo = [r for r in results if isinstance(r, LooResult)]
+    if loo:
+        written.append(out / "models.png")
+        _bar_chart(loo, written[-1])
+    for result in results:
+        if isinstance(result, ReplayResult):
+            written.append(out / "replay.png")
+            _rolling_chart(result, written[-1])
+    return written
 
 
-def _markdown(results: list[LooResult], payload: dict[str, Any]) -> str:
+def _markdown(results: list[AnyResult], payload: dict[str, Any]) -> str:
     lines = [f"# Kairos evaluation — {payload['config'].get('dataset', '')}", "",
-             f"Kairos {payload['kairos']}, {payload['date']}, {payload['machine']['platform']}.", ""]
+             f"Kairos {payload['kairos']}, {payload['date']}, {payload['machine']['platform']}, "
+             f"{payload['machine']['cpus']} CPUs. Command: `{payload['config'].get('command', '')}`", ""]
     lines += [f"- {note}" for note in payload["notes"]]
     for result in results:
+        if not isinstance(result, LooResult):
+            title, header, rows = _rows(result)
+            lines += ["", f"## {title}", "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+            lines += ["| " + " | ".join(row) + " |" for row in rows]
+            continue
         convention = "history masked" if result.mask_history else "history kept"
         lines += ["", f"## Leave-one-out ({result.split}), full ranking, {convention}", "",
                   f"{result.users:,} users, {result.items:,} items, {result.train_events:,} events visible to the engine.",
@@ -89,6 +148,31 @@ def _bar_chart(results: list[LooResult], path: Path) -> None:
         ax.set_xticks([x + 0.4 - width / 2 for x in range(len(metrics))], metrics)
         ax.set_title(f"{result.dataset} ({'history masked' if result.mask_history else 'history kept'})")
         ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _rolling_chart(result: ReplayResult, path: Path, window: int = 500) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for name, runs in result.models.items():
+        for mode, style in (("online", "-"), ("frozen", "--")):
+            hits = np.array(runs[mode].hits)
+            if len(hits) == 0:
+                continue
+            size = min(window, len(hits))
+            rolling = np.convolve(hits, np.ones(size) / size, mode="valid")
+            ax.plot(np.arange(len(rolling)) + size, rolling, style, label=f"{name} {mode}")
+    ax.set_xlabel("events replayed")
+    ax.set_ylabel(f"HR@10, rolling mean of {window}")
+    ax.set_title(f"{result.dataset}: online vs frozen")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

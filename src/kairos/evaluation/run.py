@@ -1,0 +1,52 @@
+"""The Python API of evaluation: `run_evaluation(...)`, which `kairos evaluate` calls."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kairos.evaluation.data import EvalData, load_eval_data
+from kairos.evaluation.protocols import BASELINES, leave_one_out
+from kairos.evaluation.replay import PUSH_TARGETERS, new_item_push, replay, temporal_split
+
+PROTOCOLS = ("loo", "temporal", "replay", "push")
+
+
+@dataclass
+class EvalOptions:
+    models: list[str] = field(default_factory=lambda: [*BASELINES, "kairos"])
+    mask_history: str = "both"  # both | yes | no (leave-one-out)
+    split: str = "test"  # test | valid (leave-one-out)
+    core: int = 0  # keep items, then users, with at least this many events
+    max_users: int | None = None
+    max_events: int | None = None  # replay: the first K events after the cut
+    cut: float = 0.8  # share of events before the cut (temporal, replay, push)
+    window_days: float = 7.0  # push
+    decay: bool = True  # replay: serving decay on (popularity, co-visitation)
+    seed: int = 0
+
+
+def run_evaluation(data: Path | EvalData, protocol: str, options: EvalOptions | None = None,
+                   quiet: bool = False) -> tuple[EvalData, list[Any]]:
+    """Load the dataset (unless given) and run one protocol; results have to_json()."""
+    options = options or EvalOptions()
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    dataset = data if isinstance(data, EvalData) else load_eval_data(data, options.core, options.core, quiet)
+    if protocol == "loo":
+        conventions = {"both": [True, False], "yes": [True], "no": [False]}[options.mask_history]
+        return dataset, [leave_one_out(dataset, options.models, mask, options.split, options.seed,
+                                       options.max_users, quiet) for mask in conventions]
+    if protocol == "temporal":
+        return dataset, [temporal_split(dataset, options.models, options.cut, seed=options.seed, quiet=quiet)]
+    if protocol == "replay":
+        return dataset, [replay(dataset, options.models, options.cut, options.max_events, options.max_users,
+                                options.seed, options.decay, quiet)]
+    targeters = [m for m in options.models if m in PUSH_TARGETERS] or list(PUSH_TARGETERS)
+    return dataset, [new_item_push(dataset, targeters, options.cut, options.window_days, options.seed, quiet)]
+
+
+def config_of(dataset: EvalData, path: Path, protocol: str, options: EvalOptions) -> dict[str, Any]:
+    return {"dataset": dataset.name, "path": str(path), "protocol": protocol, **options.__dict__,
+            "fingerprint": dataset.fingerprint(), **dataset.summary()}
