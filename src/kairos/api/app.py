@@ -1,7 +1,5 @@
 """The FastAPI app factory. The contract of /v1 is fixed: extend it, don't change it."""
 
-import uuid
-from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import Body, Depends, FastAPI, Path, Query, Request
@@ -12,7 +10,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kairos import __version__
 from kairos.api.errors import install_error_handlers
-from kairos.api.metrics import ApiMetrics
+from kairos.api.metrics import ApiMetrics, RequestMiddleware
 from kairos.engine import Engine
 from kairos.schema import (
     EventBatch,
@@ -77,13 +75,13 @@ class FormBodyAsJson:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/v1/"):
-            headers = [
+            # In place: outer middleware reads what routing later writes into this scope.
+            scope["headers"] = [
                 (b"content-type", b"application/json")
                 if key == b"content-type" and value.startswith(b"application/x-www-form-urlencoded")
                 else (key, value)
                 for key, value in scope["headers"]
             ]
-            scope = dict(scope, headers=headers)
         await self.app(scope, receive, send)
 
 
@@ -97,17 +95,8 @@ def create_app(engine: Engine) -> FastAPI:
     metrics = ApiMetrics(engine)
     app.state.metrics = metrics
     install_error_handlers(app)
-    app.middleware("http")(metrics.middleware)
     app.add_middleware(FormBodyAsJson)
-
-    @app.middleware("http")
-    async def request_id(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        request.state.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        response = await call_next(request)
-        response.headers["x-request-id"] = request.state.request_id
-        return response
+    app.add_middleware(RequestMiddleware, metrics=metrics)
 
     max_n = engine.settings.max_n
 
@@ -133,7 +122,7 @@ def create_app(engine: Engine) -> FastAPI:
         return ItemsUpserted(upserted=len(engine.upsert_items(batch.items)))
 
     @app.get("/v1/items/{item_id}", response_model=ItemOut, tags=["items"])
-    def get_item(item_id: ItemId, engine: EngineDep) -> ItemOut:
+    async def get_item(item_id: ItemId, engine: EngineDep) -> ItemOut:
         return ItemOut.of(engine.get_item(item_id))
 
     @app.delete("/v1/items/{item_id}", response_model=ItemOut, tags=["items"])
@@ -142,7 +131,7 @@ def create_app(engine: Engine) -> FastAPI:
         return ItemOut.of(engine.delete_item(item_id))
 
     @app.get("/v1/items/{item_id}/similar", response_model=SimilarItems, tags=["items"])
-    def similar_items(
+    async def similar_items(
         request: Request,
         item_id: ItemId,
         engine: EngineDep,
@@ -160,7 +149,7 @@ def create_app(engine: Engine) -> FastAPI:
         return engine.get_user(user_id)
 
     @app.get("/v1/users/{user_id}", response_model=UserView, tags=["users"])
-    def get_user(
+    async def get_user(
         user_id: UserId, engine: EngineDep, recent: Annotated[int, Query(ge=0, le=1000)] = 50
     ) -> UserView:
         return engine.get_user(user_id, recent=recent)
@@ -173,7 +162,7 @@ def create_app(engine: Engine) -> FastAPI:
     # -- recommendations ------------------------------------------------------------------
 
     @app.get("/v1/recommendations/{user_id}", response_model=Recommendations, tags=["recommend"])
-    def recommendations(
+    async def recommendations(
         request: Request,
         user_id: UserId,
         engine: EngineDep,
@@ -189,7 +178,7 @@ def create_app(engine: Engine) -> FastAPI:
     # -- operations -----------------------------------------------------------------------
 
     @app.get("/healthz", tags=["operations"])
-    def healthz(engine: EngineDep) -> dict[str, Any]:
+    async def healthz(engine: EngineDep) -> dict[str, Any]:
         return {"status": "ok", **engine.stats()}
 
     @app.get("/metrics", tags=["operations"])

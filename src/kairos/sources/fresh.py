@@ -15,10 +15,7 @@ class FreshSource:
         self.catalog = catalog
 
     def candidates(self, ctx: UserContext, k: int) -> Candidates:
-        created = self.catalog.created_at
-        allowed = np.flatnonzero(ctx.allowed)
-        if len(allowed) == 0:
-            return Candidates.empty()
-        newest = allowed[np.argsort(-created[allowed], kind="stable")[:k]]
+        order = self.catalog.newest_first()
+        newest = order[ctx.allowed[order]][:k]
         # Score 1, 1/2, 1/3...: fusion needs an order here, not a magnitude.
         return Candidates(newest, 1.0 / (1.0 + np.arange(len(newest), dtype=np.float64)))

@@ -20,6 +20,7 @@ class Catalog:
         self._available = np.zeros(1024, dtype=bool)
         self._created_at = np.zeros(1024, dtype=np.float64)
         self._by_category: dict[str, set[int]] = {}
+        self._newest_first: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -54,11 +55,19 @@ class Catalog:
         for category in item.categories:
             self._by_category.setdefault(category, set()).add(idx)
         self._available[idx] = item.available
+        if self._created_at[idx] != item.created_at or idx == len(self.ids) - 1:
+            self._newest_first = None
         self._created_at[idx] = item.created_at
         return idx
 
     def set_available(self, idx: int, available: bool) -> None:
         self._available[idx] = available
+
+    def newest_first(self) -> np.ndarray:
+        """Item indices by decreasing created_at (cached until an item is added or re-dated)."""
+        if self._newest_first is None or len(self._newest_first) != len(self.ids):
+            self._newest_first = np.argsort(-self.created_at, kind="stable")
+        return self._newest_first
 
     def category_mask(self, category: str) -> np.ndarray:
         mask = np.zeros(len(self.ids), dtype=bool)
