@@ -204,9 +204,8 @@ def demo(
 def evaluate(
     data: Annotated[Path, typer.Option("--data", help="Dataset folder (MovieLens, UniSRec) or a Kairos .db.")],
     protocol: Annotated[str, typer.Option(help="loo, temporal, replay or push.")] = "loo",
-    models: Annotated[str, typer.Option(help="Comma-separated: random, popular, covisit, kairos "
-                                             "(push: random, active, category).")]
-    = "random,popular,covisit,kairos",
+    models: Annotated[str | None, typer.Option(help="Comma-separated (default: random, popular, covisit, "
+                                                    "kairos; push: random, active, category).")] = None,
     out: Annotated[Path, typer.Option(help="Folder for results.json, report.md, plots.")] = Path("runs/eval"),
     mask_history: Annotated[str, typer.Option(help="loo: both, yes (LlamaRec) or no (RecBole/UniSRec).")]
     = "both",
@@ -229,7 +228,7 @@ def evaluate(
     if mask_history not in ("both", "yes", "no"):
         raise typer.BadParameter("one of both, yes, no", param_hint="--mask-history")
     options = EvalOptions(
-        models=[m.strip() for m in models.split(",") if m.strip()], mask_history=mask_history, split=split,
+        models=[m.strip() for m in models.split(",") if m.strip()] if models else None, mask_history=mask_history, split=split,
         core=core, max_users=max_users, max_events=max_events, cut=cut, window_days=window_days,
         decay=decay, seed=seed,
     )

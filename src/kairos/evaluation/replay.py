@@ -252,7 +252,7 @@ def new_item_push(data: EvalData, targeters: list[str], cut_fraction: float = 0.
     to notify; hits are the users who interact with it within the window.
 
     Targeters: `random`; `active` (most events so far); `category` (the baseline:
-    users by their share of recent visits in the item's categories, then activity).
+    users by their number of recent visits in the item's categories, then activity).
     """
     unknown = set(targeters) - set(PUSH_TARGETERS)
     if unknown:
@@ -305,12 +305,9 @@ def _target(engine: Engine, name: str, event: EventRecord, rng: np.random.Genera
         return sorted(users, key=lambda u: -activity[u])[:100]
     categories = set(engine.catalog.categories[engine.catalog.index[event.item_id]])
 
-    def affinity(user: str) -> float:
+    def affinity(user: str) -> int:
         steps = engine.state.users[user].recent
-        if not steps or not categories:
-            return 0.0
-        inside = sum(1 for s in steps if categories & set(engine.catalog.categories[s.item]))
-        return inside / len(steps)
+        return sum(1 for s in steps if categories & set(engine.catalog.categories[s.item]))
 
     return sorted(users, key=lambda u: (-affinity(u), -activity[u]))[:100]
 

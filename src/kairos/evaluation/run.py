@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ PROTOCOLS = ("loo", "temporal", "replay", "push")
 
 @dataclass
 class EvalOptions:
-    models: list[str] = field(default_factory=lambda: [*BASELINES, "kairos"])
+    models: list[str] | None = None  # None: the protocol's defaults (baselines + kairos; push: all targeters)
     mask_history: str = "both"  # both | yes | no (leave-one-out)
     split: str = "test"  # test | valid (leave-one-out)
     core: int = 0  # keep items, then users, with at least this many events
@@ -33,17 +33,18 @@ def run_evaluation(data: Path | EvalData, protocol: str, options: EvalOptions | 
     options = options or EvalOptions()
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    models = options.models or [*BASELINES, "kairos"]
     dataset = data if isinstance(data, EvalData) else load_eval_data(data, options.core, options.core, quiet)
     if protocol == "loo":
         conventions = {"both": [True, False], "yes": [True], "no": [False]}[options.mask_history]
-        return dataset, [leave_one_out(dataset, options.models, mask, options.split, options.seed,
+        return dataset, [leave_one_out(dataset, models, mask, options.split, options.seed,
                                        options.max_users, quiet) for mask in conventions]
     if protocol == "temporal":
-        return dataset, [temporal_split(dataset, options.models, options.cut, seed=options.seed, quiet=quiet)]
+        return dataset, [temporal_split(dataset, models, options.cut, seed=options.seed, quiet=quiet)]
     if protocol == "replay":
-        return dataset, [replay(dataset, options.models, options.cut, options.max_events, options.max_users,
+        return dataset, [replay(dataset, models, options.cut, options.max_events, options.max_users,
                                 options.seed, options.decay, quiet)]
-    targeters = [m for m in options.models if m in PUSH_TARGETERS] or list(PUSH_TARGETERS)
+    targeters = options.models or list(PUSH_TARGETERS)
     return dataset, [new_item_push(dataset, targeters, options.cut, options.window_days, options.seed, quiet)]
 
 
