@@ -48,7 +48,7 @@ def test_ingest_then_recommend_reflects_the_event(server_factory: Any) -> None:
         assert after["items"][0]["item_id"] == "sku-7"
         assert after["items"][0]["sources"][0] == "covisit"
         assert "sku-1" not in [i["item_id"] for i in after["items"]]  # seen is excluded
-        assert set(after) == {"user_id", "items", "model_version", "request_id"}
+        assert {"user_id", "items", "model_version", "request_id"} <= set(after)  # the fixed contract
         assert after["model_version"]
 
         shown = client.get("/v1/recommendations/u1", params={"n": 3, "exclude_seen": "false"}).json()

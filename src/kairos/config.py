@@ -66,13 +66,50 @@ class Settings(BaseSettings):
 
     # Recommendation path
     source_weights: dict[str, float] = Field(
-        default_factory=lambda: {"covisit": 1.0, "popular": 0.3, "fresh": 0.05},
+        default_factory=lambda: {"covisit": 1.0, "semantic": 0.5, "popular": 0.3, "fresh": 0.05},
         description="Fusion weight of each candidate source; a source absent here is off.",
     )
     covisit_recent_items: int = Field(
         default=5, ge=1, description="How many of the user's latest visits seed co-visitation."
     )
     max_n: int = Field(default=1000, ge=1, description="Largest n a request may ask for.")
+
+    # Text encoder (kairos.text)
+    text_model: str = Field(
+        default="", description="sentence-transformers name or folder; empty = packaged all-MiniLM-L6-v2."
+    )
+    text_backend: Literal["torch", "onnx", "onnx-int8"] = Field(
+        default="onnx-int8", description="Inference backend; see benchmarks/encoder.py for the choice."
+    )
+    text_cache_dir: Path = Field(
+        default=Path(".kairos-cache"), description="Exported ONNX files (KAIROS_TEXT_CACHE_DIR)."
+    )
+    text_threads: int = Field(default=1, ge=1, description="Intra-op threads of the text encoder.")
+
+    # Language-model layer (semantic retrieval, cold start, search)
+    semantic_enabled: bool = Field(default=True, description="Encode item and user text and serve `semantic`.")
+    item_text_template: str = Field(
+        default="{title}. {categories}. {text} {attributes}",
+        description="How an item's text is composed for the encoder ({title}, {categories}, {text}, {attributes}).",
+    )
+    item_text_attributes: list[str] = Field(
+        default_factory=list, description="Item attributes included in the composed text, as 'name: value'."
+    )
+    semantic_half_life_s: float = Field(
+        default=14 * DAY, ge=0, description="Recency half-life of the semantic profile; 0 = no decay."
+    )
+    semantic_negative_share: float = Field(
+        default=0.5, ge=0, description="Share of a negative event's weight subtracted from the profile."
+    )
+    semantic_text_weight: float = Field(
+        default=0.3, ge=0, le=1, description="Weight of stated interests in a profile that also has behaviour."
+    )
+    shared_embedding_cache: bool = Field(
+        default=True, description="Also keep embeddings in text_cache_dir, shared by every database here."
+    )
+    vector_exact_max: int = Field(
+        default=50_000, ge=1, description="Exact vector search up to this many items, HNSW above."
+    )
 
     @classmethod
     def settings_customise_sources(

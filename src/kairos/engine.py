@@ -11,7 +11,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,12 +20,24 @@ from kairos.clock import Clock, WallClock
 from kairos.config import Settings
 from kairos.ranking import Fused, reciprocal_rank_fusion
 from kairos.schema import Event, Item, ItemFields, Recommendations, RecommendedItem, SequenceEntry
-from kairos.schema import SimilarItems, User, UserView
+from kairos.schema import SearchResults, SimilarItems, User, UserView
 from kairos.sources import CandidateSource, Candidates, CovisitSource, UserContext, build_sources
 from kairos.state import Catalog, OnlineState
+from kairos.state.semantic import SemanticState
 from kairos.store import EventRecord, ItemRecord, SQLiteStore, Store, UserRecord
 
+if TYPE_CHECKING:
+    from kairos.text.encoder import TextEncoder
+
 ONLINE_MODEL_VERSION = "online-1"
+SIMILAR_METHODS = ("hybrid", "semantic", "covisit")
+SIMILAR_REASONS = {
+    "covisit": "often chosen right after '{title}'",
+    "semantic": "described like '{title}'",
+    "popular": "popular in the same category as '{title}'",
+}
+# How far a personalised search query leans toward the user's profile.
+PERSONAL_SEARCH_SHARE = 0.3
 # How many candidates each source proposes per item asked for (fusion needs depth).
 CANDIDATE_DEPTH = 3
 
@@ -38,6 +51,10 @@ def records_from(events: Iterable[Event], now: float) -> list[EventRecord]:
                     e.timestamp if e.timestamp is not None else now, e.value, e.context)
         for e in events
     ]
+
+
+class FeatureDisabled(RuntimeError):
+    """The request needs a part of Kairos this instance runs without."""
 
 
 class NotFound(KeyError):
@@ -76,6 +93,8 @@ class Engine:
         self._lock = threading.RLock()
         self.catalog = Catalog()
         self.state = OnlineState(self.settings, self.catalog)
+        self.semantic: SemanticState | None = self._semantic_state()
+        self.state.semantic = self.semantic
         self.sources: dict[str, CandidateSource] = build_sources(self.state, self.settings)
         self.rebuild_seconds = 0.0
         if rebuild:
@@ -87,19 +106,50 @@ class Engine:
         """Reload items and replay every stored event, in acknowledgement order."""
         started = time.perf_counter()
         with self._lock:
+            if self.semantic is not None:
+                self.semantic.close()
             self.catalog = Catalog()
             self.state = OnlineState(self.settings, self.catalog)
+            self.semantic = self._semantic_state()
+            self.state.semantic = self.semantic
             self.sources = build_sources(self.state, self.settings)
-            for item in self.store.iter_items():
+            items = list(self.store.iter_items())
+            for item in items:
                 self.catalog.upsert(item)
+            if self.semantic is not None:
+                if any(item.title or item.text or item.categories for item in items):
+                    self.semantic.sync_items(items, show_progress=progress is not None)
+                for user in self.store.iter_users():
+                    if user.text:
+                        self.semantic.set_user_text(user.user_id, user.text)
             for batch in self.store.iter_events():
                 self.state.apply(batch)
+                if self.semantic is not None:
+                    self.semantic.apply(batch, self.settings.event_weight)
                 if progress:
                     progress(len(batch))
         self.rebuild_seconds = time.perf_counter() - started
 
+    def _semantic_state(self) -> SemanticState | None:
+        if not self.settings.semantic_enabled:
+            return None
+        settings = self.settings
+
+        def load() -> TextEncoder:
+            from kairos.text.encoder import load_encoder
+
+            return load_encoder(settings.text_model or None, settings.text_backend,
+                                settings.text_cache_dir, threads=settings.text_threads)
+
+        return SemanticState(settings, self.catalog, self.store_path(), load)
+
+    def store_path(self) -> Path:
+        return Path(getattr(self.store, "path", self.settings.db_path))
+
     def close(self) -> None:
         with self._lock:
+            if self.semantic is not None:
+                self.semantic.close()
             self.store.close()
 
     @property
@@ -125,6 +175,8 @@ class Engine:
             for item in bare.values():
                 self.catalog.upsert(item)
             self.state.apply(records)
+            if self.semantic is not None:
+                self.semantic.apply(records, self.settings.event_weight)
         return len(records)
 
     def upsert_items(self, items: Sequence[Item]) -> list[ItemRecord]:
@@ -145,6 +197,9 @@ class Engine:
             self.store.upsert_items(records)
             for record in records:
                 self.catalog.upsert(record)
+            if self.semantic is not None:
+                # Encoded and indexed before we answer: a new item is retrievable at once.
+                self.semantic.sync_items(records, show_progress=len(records) >= 1000)
         return records
 
     def upsert_item(self, item_id: str, fields: ItemFields) -> ItemRecord:
@@ -165,6 +220,9 @@ class Engine:
         records = [UserRecord(u.user_id, dict(u.attributes), u.text, now) for u in users]
         with self._lock:
             self.store.upsert_users(records)
+            if self.semantic is not None:
+                for record in records:
+                    self.semantic.set_user_text(record.user_id, record.text)
         return records
 
     def upsert_user(self, user: User) -> UserRecord:
@@ -178,6 +236,8 @@ class Engine:
             events = self.store.user_events(user_id)
             deleted = self.store.forget_user(user_id)
             self.state.forget(user_id, events)
+            if self.semantic is not None:
+                self.semantic.forget(user_id)
         return deleted
 
     # -- reads ----------------------------------------------------------------------------
@@ -217,19 +277,83 @@ class Engine:
         category: str | None = None,
         exclude_seen: bool = True,
         request_id: str | None = None,
+        diversity: float = 0.0,
     ) -> Recommendations:
+        """The served path: context, every weighted source, fusion, optional MMR
+        diversification on text embeddings, and a reason for each item."""
         with self._lock:
             ctx = self.user_context(user_id, category, exclude_seen)
-            fused = self.fuse(ctx, self.settings.source_weights, depth=max(n * CANDIDATE_DEPTH, 50))
+            weights = self.settings.source_weights
+            depth = max(n * CANDIDATE_DEPTH, 50)
+            fused = self.fuse(ctx, weights, depth=depth)
+            if diversity > 0 and self.semantic is not None and self.semantic.index is not None:
+                chosen = self._diversify(fused.top(depth), n, diversity)
+            else:
+                chosen = fused.top(n)
             items = [
                 RecommendedItem(item_id=self.catalog.ids[item], score=score, sources=sources,
-                                title=self.catalog.titles[item])
-                for item, score, sources in fused.top(n)
+                                title=self.catalog.titles[item], reason=self._reason(ctx, item, sources))
+                for item, score, sources in chosen
             ]
         return Recommendations(
             user_id=user_id, items=items, model_version=self.model_version,
             request_id=request_id or uuid.uuid4().hex,
+            sources=[name for name in self.sources if weights.get(name, 0.0) > 0],
         )
+
+    def _reason(self, ctx: UserContext, item: int, sources: list[str]) -> str:
+        for name in sources:
+            explain = getattr(self.sources[name], "explain", None)
+            reason = explain(ctx, item) if explain else None
+            if reason:
+                return reason
+        return ""
+
+    def _diversify(self, ranked: list[tuple[int, float, list[str]]], n: int,
+                   diversity: float) -> list[tuple[int, float, list[str]]]:
+        """Maximal marginal relevance (Carbonell & Goldstein, 1998) on text embeddings:
+        each pick maximises (1 - diversity) * relevance - diversity * max similarity to
+        the picks so far. Items without an embedding only compete on relevance."""
+        assert self.semantic is not None and self.semantic.index is not None
+        if not ranked:
+            return []
+        top_score = ranked[0][1] or 1.0
+        vectors = [self.semantic.item_vector(item) for item, _, _ in ranked]
+        chosen: list[int] = []
+        remaining = list(range(len(ranked)))
+        while remaining and len(chosen) < n:
+            def value(i: int) -> float:
+                similarity = max((float(vectors[i] @ vectors[j]) for j in chosen
+                                  if vectors[i] is not None and vectors[j] is not None), default=0.0)
+                return (1 - diversity) * ranked[i][1] / top_score - diversity * similarity
+            best = max(remaining, key=value)
+            chosen.append(best)
+            remaining.remove(best)
+        return [ranked[i] for i in chosen]
+
+    def search(self, query: str, n: int = 10, user_id: str | None = None,
+               request_id: str | None = None) -> SearchResults:
+        """Semantic search over available items; with a user, the query leans toward
+        their profile (PERSONAL_SEARCH_SHARE)."""
+        if self.semantic is None:
+            raise FeatureDisabled("semantic search needs the language-model layer (KAIROS_SEMANTIC_ENABLED)")
+        with self._lock:
+            vector = self.semantic.encoder.encode([query])[0]
+            if user_id is not None:
+                profile = self.semantic.profile(user_id)
+                if profile is not None:
+                    vector = vector + PERSONAL_SEARCH_SHARE * profile
+                    vector = vector / np.linalg.norm(vector)
+            items: list[RecommendedItem] = []
+            if self.semantic.index is not None and len(self.semantic.index):
+                keys, scores = self.semantic.index.search(vector, n, self.catalog.available)
+                items = [
+                    RecommendedItem(item_id=self.catalog.ids[key], score=float(score), sources=["semantic"],
+                                    title=self.catalog.titles[key], reason=f"matches “{query[:60]}”")
+                    for key, score in zip(keys[0].tolist(), scores[0].tolist(), strict=True) if key >= 0
+                ]
+        return SearchResults(query=query, user_id=user_id, items=items, model_version=self.model_version,
+                             request_id=request_id or uuid.uuid4().hex)
 
     def user_context(self, user_id: str, category: str | None = None, exclude_seen: bool = True) -> UserContext:
         """The request as sources see it: the user's state and the filters as a mask."""
@@ -253,30 +377,45 @@ class Engine:
             }
             return reciprocal_rank_fusion(ranked, weights, len(self.catalog))
 
-    def similar(self, item_id: str, n: int = 10, request_id: str | None = None) -> SimilarItems:
-        """Items co-visited with this one; topped up with the most popular of its categories."""
+    def similar(self, item_id: str, n: int = 10, request_id: str | None = None,
+                method: str = "hybrid") -> SimilarItems:
+        """Items like this one: co-visited (`covisit`), nearest in text (`semantic`) or
+        both fused (`hybrid`); topped up with the most popular of its categories."""
+        if method not in SIMILAR_METHODS:
+            raise ValueError(f"method must be one of {', '.join(SIMILAR_METHODS)}")
         with self._lock:
             idx = self.catalog.index.get(item_id)
             if idx is None:
                 raise NotFound("item", item_id)
             allowed = self.catalog.available.copy()
             allowed[idx] = False
-            covisit = self.sources["covisit"]
-            assert isinstance(covisit, CovisitSource)
-            ranked: dict[str, Candidates] = {"covisit": covisit.from_seeds([(idx, 1.0)], allowed, n)}
-            if len(ranked["covisit"].items) < n and self.catalog.categories[idx]:
+            ranked: dict[str, Candidates] = {}
+            if method in ("covisit", "hybrid"):
+                covisit = self.sources["covisit"]
+                assert isinstance(covisit, CovisitSource)
+                ranked["covisit"] = covisit.from_seeds([(idx, 1.0)], allowed, n)
+            vector = self.semantic.item_vector(idx) if self.semantic is not None else None
+            if method in ("semantic", "hybrid") and vector is not None:
+                assert self.semantic is not None and self.semantic.index is not None
+                keys, scores = self.semantic.index.search(vector, n, allowed)
+                found = keys[0] >= 0
+                ranked["semantic"] = Candidates(keys[0][found].astype(np.int64), scores[0][found])
+            if sum(len(c.items) for c in ranked.values()) < n and self.catalog.categories[idx]:
                 same_category = np.zeros_like(allowed)
                 for name in self.catalog.categories[idx]:
                     same_category |= self.catalog.category_mask(name)
                 ctx = UserContext("", self.clock.now(), None, allowed & same_category)
                 ranked["popular"] = self.sources["popular"].candidates(ctx, n)
-            # Co-visitation first, popular only fills: a lexicographic weight.
-            fused = reciprocal_rank_fusion(ranked, {"covisit": 1000.0, "popular": 1.0}, len(self.catalog))
+            # Behaviour leads ties with text (hybrid interleaves them); popular only fills.
+            fused = reciprocal_rank_fusion(ranked, {"covisit": 1000.0, "semantic": 900.0, "popular": 1.0},
+                                           len(self.catalog))
+            title = self.catalog.titles[idx] or item_id
             items = [
                 RecommendedItem(
                     item_id=self.catalog.ids[item],
                     score=self._score_of(ranked, sources[0], item),
                     sources=sources, title=self.catalog.titles[item],
+                    reason=SIMILAR_REASONS[sources[0]].format(title=title),
                 )
                 for item, _, sources in fused.top(n)
             ]

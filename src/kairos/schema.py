@@ -191,12 +191,22 @@ class UserView(User):
 class RecommendedItem(BaseModel):
     item_id: str
     score: float
-    sources: list[str]
+    sources: list[str] = Field(description="Sources that proposed the item, strongest first.")
     title: str = ""
+    reason: str = Field(default="", description="Why, in words, from the strongest source.")
 
 
 class Recommendations(BaseModel):
     user_id: str
+    items: list[RecommendedItem]
+    model_version: str
+    request_id: str
+    sources: list[str] = Field(default_factory=list, description="Sources consulted for this request.")
+
+
+class SearchResults(BaseModel):
+    query: str
+    user_id: str | None = None
     items: list[RecommendedItem]
     model_version: str
     request_id: str

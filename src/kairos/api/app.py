@@ -1,6 +1,6 @@
 """The FastAPI app factory. The contract of /v1 is fixed: extend it, don't change it."""
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Body, Depends, FastAPI, Path, Query, Request
 from fastapi.responses import Response
@@ -17,6 +17,7 @@ from kairos.schema import (
     ItemBatch,
     ItemFields,
     Recommendations,
+    SearchResults,
     SimilarItems,
     User,
     UserFields,
@@ -136,8 +137,10 @@ def create_app(engine: Engine) -> FastAPI:
         item_id: ItemId,
         engine: EngineDep,
         n: Annotated[int, Query(ge=1, le=max_n)] = 10,
+        method: Annotated[Literal["hybrid", "semantic", "covisit"], Query(
+            description="semantic: nearest in text; covisit: chosen next by others; hybrid: both")] = "hybrid",
     ) -> SimilarItems:
-        return engine.similar(item_id, n, request_id=request.state.request_id)
+        return engine.similar(item_id, n, request_id=request.state.request_id, method=method)
 
     # -- users ----------------------------------------------------------------------------
 
@@ -169,11 +172,26 @@ def create_app(engine: Engine) -> FastAPI:
         n: Annotated[int, Query(ge=1, le=max_n)] = 10,
         category: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
         exclude_seen: bool = True,
+        diversity: Annotated[float, Query(
+            ge=0, le=1, description="0: by relevance; towards 1: maximal-marginal-relevance re-ranking "
+                                    "on text embeddings")] = 0.0,
     ) -> Recommendations:
         return engine.recommend(
             user_id, n, category=category, exclude_seen=exclude_seen,
-            request_id=request.state.request_id,
+            request_id=request.state.request_id, diversity=diversity,
         )
+
+    @app.get("/v1/search", response_model=SearchResults, tags=["recommend"])
+    def search(
+        request: Request,
+        engine: EngineDep,
+        q: Annotated[str, Query(min_length=1, max_length=1000, description="What to look for, in words.")],
+        n: Annotated[int, Query(ge=1, le=max_n)] = 10,
+        user_id: Annotated[str | None, Query(min_length=1, max_length=256,
+                                             description="Personalise toward this user's profile.")] = None,
+    ) -> SearchResults:
+        """Semantic search over the catalogue with the language model."""
+        return engine.search(q, n, user_id=user_id, request_id=request.state.request_id)
 
     # -- operations -----------------------------------------------------------------------
 

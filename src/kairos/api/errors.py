@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from kairos.engine import NotFound
+from kairos.engine import FeatureDisabled, NotFound
 
 log = logging.getLogger("kairos.api")
 
@@ -76,6 +76,10 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(
             error_body("not_found", str(exc), {"kind": exc.kind, "id": exc.key}), status_code=404
         )
+
+    @app.exception_handler(FeatureDisabled)
+    async def _disabled(request: Request, exc: FeatureDisabled) -> JSONResponse:
+        return JSONResponse(error_body("feature_disabled", str(exc)), status_code=503)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

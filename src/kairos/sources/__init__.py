@@ -9,6 +9,7 @@ from kairos.sources.base import CandidateSource, Candidates, UserContext, top_k
 from kairos.sources.covisit import CovisitSource
 from kairos.sources.fresh import FreshSource
 from kairos.sources.popular import PopularSource
+from kairos.sources.semantic import SemanticSource
 from kairos.state.online import OnlineState
 
 SourceFactory = Callable[[OnlineState, Settings], CandidateSource]
@@ -17,6 +18,7 @@ SOURCE_FACTORIES: dict[str, SourceFactory] = {
     "popular": lambda state, settings: PopularSource(state),
     "covisit": lambda state, settings: CovisitSource(state, settings.covisit_recent_items),
     "fresh": lambda state, settings: FreshSource(state.catalog),
+    "semantic": lambda state, settings: SemanticSource(state),
 }
 
 
@@ -32,6 +34,7 @@ __all__ = [
     "CovisitSource",
     "FreshSource",
     "PopularSource",
+    "SemanticSource",
     "UserContext",
     "build_sources",
     "top_k",

@@ -40,6 +40,21 @@ class CandidateSource(Protocol):
         """Up to k allowed items for this user, best first."""
         ...
 
+    def explain(self, ctx: UserContext, item: int) -> str | None:
+        """A short, true reason this source proposed `item` (for the final list only)."""
+        ...
+
+
+_ACTIONS = {"view": "viewed", "click": "clicked", "like": "liked", "cart": "added to your cart",
+            "share": "shared", "purchase": "bought"}
+
+
+def action_phrase(event_type: str, value: float | None) -> str:
+    """'rated 5', 'bought', ... — what the user did, for explanations."""
+    if event_type == "rating" and value is not None:
+        return f"rated {value:g}"
+    return _ACTIONS.get(event_type, event_type)
+
 
 def top_k(scores: np.ndarray, k: int, allowed: np.ndarray | None = None) -> Candidates:
     """The k highest positive scores among allowed items, best first (ties: lower index)."""

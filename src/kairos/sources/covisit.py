@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kairos.sources.base import Candidates, UserContext, top_k
+from kairos.sources.base import Candidates, UserContext, action_phrase, top_k
 from kairos.state.online import OnlineState
 
 
@@ -39,3 +39,18 @@ class CovisitSource:
         scores = np.bincount(np.concatenate(parts_items), weights=np.concatenate(parts_values),
                              minlength=len(allowed))
         return top_k(scores[: len(allowed)], k, allowed)
+
+    def explain(self, ctx: UserContext, item: int) -> str | None:
+        """Name the recent visit that contributed most to this item."""
+        if ctx.user is None:
+            return None
+        best, best_share = None, 0.0
+        for rank, step in enumerate(ctx.user.recent_visits(self.recent_items)):
+            row, total = self.state.covisit.neighbours(step.item)
+            share = row.get(item, 0.0) / total / (1 + rank) if total > 0 else 0.0
+            if share > best_share:
+                best, best_share = step, share
+        if best is None:
+            return None
+        title = self.state.catalog.titles[best.item] or self.state.catalog.ids[best.item]
+        return f"often chosen after '{title}', which you {action_phrase(best.type, best.value)}"

@@ -19,3 +19,6 @@ class FreshSource:
         newest = order[ctx.allowed[order]][:k]
         # Score 1, 1/2, 1/3...: fusion needs an order here, not a magnitude.
         return Candidates(newest, 1.0 / (1.0 + np.arange(len(newest), dtype=np.float64)))
+
+    def explain(self, ctx: UserContext, item: int) -> str | None:
+        return "new arrival"

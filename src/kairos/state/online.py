@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from kairos.config import Settings
 from kairos.schema import NON_VISIT_TYPES, EventType
@@ -11,6 +12,9 @@ from kairos.state.covisit import Covisitation
 from kairos.state.popularity import DecayedPopularity
 from kairos.state.users import SequenceStep, UserState
 from kairos.store.base import EventRecord
+
+if TYPE_CHECKING:
+    from kairos.state.semantic import SemanticState
 
 
 class OnlineState:
@@ -27,6 +31,7 @@ class OnlineState:
         self.popularity = DecayedPopularity(settings.popularity_half_life_s)
         self.covisit = Covisitation(settings.covisit_half_life_s)
         self.events_applied = 0
+        self.semantic: SemanticState | None = None  # set by the engine when the LM layer is on
 
     def apply(self, events: Iterable[EventRecord]) -> None:
         for event in events:
