@@ -8,6 +8,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q torch==2.13.0  # CPU build first: nothing may pull a CUDA one
 	$(VENV)/bin/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
