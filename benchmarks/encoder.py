@@ -4,6 +4,8 @@ Not part of CI. For each backend (torch fp32, ONNX Runtime fp32, ONNX Runtime in
 thread count it measures throughput on the Scientific item texts, single-query latency,
 cosine agreement with torch fp32, top-10 retrieval agreement with torch fp32, load time
 (first run, which exports the ONNX file, and cached) and the model file's size.
+The ONNX backends run text by text whatever the batch size (see kairos.text.encoder), so
+their batch 64 and 256 figures differ only by noise.
 
     .venv/bin/python benchmarks/encoder.py               # all 4,385 texts, ~15 min on 2 cores
     .venv/bin/python benchmarks/encoder.py --limit 500   # quick run

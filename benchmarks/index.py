@@ -9,7 +9,7 @@ a mask allowing a random 1% of keys. Ground truth comes from faiss IndexFlatIP o
 of the base vectors. Not part of CI.
 
     .venv/bin/python benchmarks/index.py                          # 10k, 100k, 1M
-    .venv/bin/python benchmarks/index.py --sizes 10000 100000     # quick (~1 min)
+    .venv/bin/python benchmarks/index.py --sizes 10000 100000     # no 1M (~3 min)
 """
 
 from __future__ import annotations
@@ -213,6 +213,22 @@ def run_size(n: int, args: argparse.Namespace) -> list[dict[str, Any]]:
     return results
 
 
+def exact_sweep(sizes: list[int], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Exact-mode latency by size (prefixes of one data set): where `exact_max` should sit."""
+    base = mixture(max(sizes), args.dim, args.seed + 3, args.clusters)
+    queries = mixture(args.queries, args.dim, args.seed + 4, args.clusters)
+    out = []
+    for n in sorted(sizes):
+        index = VectorIndex(args.dim, exact_max=n)
+        index.upsert(np.arange(n), base[:n])
+        masks = Masks(n, len(queries), np.empty((0, K), dtype=np.int64), args.seed + 5)
+        no_mask, _ = timed_queries(index, queries, lambda i: None)
+        seen, _ = timed_queries(index, queries, masks.seen)
+        out.append({"n": n, "no_mask": no_mask, "seen_mask": seen})
+        print(f"[exact sweep] {n:,}: p50 {no_mask['p50_ms']} ms", file=sys.stderr, flush=True)
+    return out
+
+
 def machine_info() -> dict[str, Any]:
     model = ""
     try:
@@ -254,6 +270,11 @@ def markdown(report: dict[str, Any]) -> str:
             f"{r['theoretical_mb_per_million']:,.0f} | {lat(r['no_mask'])} | {lat(r['seen_mask'])} | "
             f"{lat(r['one_percent_mask'])} | {rec(r['no_mask'])} / {rec(r['seen_mask'])} / "
             f"{rec(r['one_percent_mask'])} | {upsert} |")
+    if report.get("exact_sweep"):
+        lines += ["", "Exact mode (matrix product + argpartition) by size:", "",
+                  "| vectors | no mask p50 / p99 ms | seen mask p50 / p99 ms |", "|---:|---:|---:|"]
+        for r in report["exact_sweep"]:
+            lines.append(f"| {r['n']:,} | {lat(r['no_mask'])} | {lat(r['seen_mask'])} |")
     return "\n".join(lines)
 
 
@@ -263,6 +284,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--exact-max-size", type=int, default=100_000,
                         help="also measure the exact mode up to this size (default 100,000)")
+    parser.add_argument("--exact-sweep", type=int, nargs="*", default=[5_000, 10_000, 20_000, 50_000, 100_000],
+                        help="sizes for the exact-mode latency sweep (none to skip)")
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--clusters", type=int, default=1024)
     parser.add_argument("--queries", type=int, default=1_000)
@@ -279,19 +302,23 @@ def main() -> None:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": "python " + " ".join(sys.argv),
         "machine": machine_info(),
+        "load_average_start": [round(x, 2) for x in os.getloadavg()],
         "settings": {"dim": args.dim, "clusters": args.clusters, "queries": args.queries,
                      "recall_queries": min(args.recall_queries, args.queries), "k": K, "seen_excluded": SEEN,
                      "m": args.m, "ef_construction": args.ef_construction, "ef_search": args.ef_search},
         "results": [],
     }
+    if args.exact_sweep:
+        report["exact_sweep"] = exact_sweep(args.exact_sweep, args)
     for n in args.sizes:
         report["results"].extend(run_size(n, args))
     report["seconds"] = round(time.perf_counter() - started, 1)
+    report["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     report["peak_rss_mb"] = round(_peak_rss_mb())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(markdown(report))
-    print(f"\nPeak RSS {report['peak_rss_mb']:,} MB. Raw results: {args.out.relative_to(ROOT)}")
+    print(f"\nPeak RSS {report['peak_rss_mb']:,} MB. Raw results: {args.out}")
 
 
 def _peak_rss_mb() -> float:

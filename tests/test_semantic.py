@@ -128,3 +128,18 @@ def test_forget_user_drops_the_profile(shop: Engine) -> None:
     shop.ingest([Event(user_id="gone", item_id="tent", type="click", timestamp=T0)])
     shop.forget_user("gone")
     assert shop.semantic is not None and shop.semantic.profile("gone") is None
+
+
+def test_a_new_arrival_takes_the_cold_start_place_in_a_busy_list(shop: Engine) -> None:
+    others = [key for key in CATALOGUE if key != "shoe-trail"]
+    shop.ingest([Event(user_id=f"crowd{u}", item_id=key, type="purchase", timestamp=T0 + u)
+                 for u in range(5) for key in others])  # every old item has behaviour behind it
+    shop.ingest([Event(user_id="runner", item_id="shoe-trail", type="click", timestamp=T0 + 100)])
+    shop.upsert_items([Item(item_id="gaiters", title="Trail running gaiters",
+                            text="Keep mud and stones out of your running shoes on trails.")])
+    result = shop.recommend("runner", 10)
+    assert ids(result)[4] == "gaiters"  # place 5 of 10, before anyone engaged with it
+    assert result.items[4].sources == ["semantic"]
+    assert result.items[4].reason == "similar to 'Trail running shoes', which you clicked"
+    shop.ingest([Event(user_id="crowd0", item_id="gaiters", type="view", timestamp=T0 + 200)])
+    assert "gaiters" not in ids(shop.recommend("runner", 3))  # engaged now: it competes like any item

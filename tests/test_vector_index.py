@@ -187,11 +187,11 @@ def test_hnsw_recall_and_mutations(data: tuple[np.ndarray, np.ndarray, np.ndarra
     assert recall(index.search(queries, 10)[0], want) >= 0.95
 
 
-@pytest.mark.parametrize("subset_exact_max", [20_000, 0])
-def test_hnsw_masks(monkeypatch: pytest.MonkeyPatch, subset_exact_max: int,
+@pytest.mark.parametrize("subset_cost_ratio", [16.0, 0.0])
+def test_hnsw_masks(monkeypatch: pytest.MonkeyPatch, subset_cost_ratio: float,
                     data: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
-    # subset_exact_max=0 forces the faiss ID-selector path even for a 1% mask.
-    monkeypatch.setattr(vectors_module, "SUBSET_EXACT_MAX", subset_exact_max)
+    # subset_cost_ratio=0 forces the faiss ID-selector path even for a 1% mask.
+    monkeypatch.setattr(vectors_module, "SUBSET_COST_RATIO", subset_cost_ratio)
     keys, vecs, _ = data
     keys, vecs = keys[:2_000], vecs[:2_000]
     index = hnsw_index(keys, vecs)
@@ -212,7 +212,7 @@ def test_hnsw_masks(monkeypatch: pytest.MonkeyPatch, subset_exact_max: int,
 def test_starved_hnsw_search_falls_back_to_exact(monkeypatch: pytest.MonkeyPatch,
                                                  data: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
     # A tiny beam and no subset shortcut: HNSW finds too few allowed keys, exact fills in.
-    monkeypatch.setattr(vectors_module, "SUBSET_EXACT_MAX", 0)
+    monkeypatch.setattr(vectors_module, "SUBSET_COST_RATIO", 0.0)
     monkeypatch.setattr(vectors_module, "EF_SEARCH_CAP", 1)
     keys, vecs, _ = data
     keys, vecs = keys[:2_000], vecs[:2_000]

@@ -203,9 +203,10 @@ def demo(
 @app.command()
 def evaluate(
     data: Annotated[Path, typer.Option("--data", help="Dataset folder (MovieLens, UniSRec) or a Kairos .db.")],
-    protocol: Annotated[str, typer.Option(help="loo, temporal, replay or push.")] = "loo",
+    protocol: Annotated[str, typer.Option(help="loo, coldstart, temporal, replay or push.")] = "loo",
     models: Annotated[str | None, typer.Option(help="Comma-separated (default: random, popular, covisit, "
-                                                    "kairos; push: random, active, category).")] = None,
+                                                    "semantic, kairos; push: random, active, category, "
+                                                    "semantic).")] = None,
     out: Annotated[Path, typer.Option(help="Folder for results.json, report.md, plots.")] = Path("runs/eval"),
     mask_history: Annotated[str, typer.Option(help="loo: both, yes (LlamaRec) or no (RecBole/UniSRec).")]
     = "both",
@@ -216,6 +217,7 @@ def evaluate(
     = None,
     cut: Annotated[float, typer.Option(help="temporal/replay/push: share of events before the cut.")] = 0.8,
     window_days: Annotated[float, typer.Option(help="push: days in which a notified user must act.")] = 7.0,
+    cold_share: Annotated[float, typer.Option(help="coldstart: share of items held out of training.")] = 0.1,
     decay: Annotated[bool, typer.Option("--decay/--no-decay", help="replay: serving time decay.")] = True,
     seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
 ) -> None:
@@ -230,6 +232,7 @@ def evaluate(
     options = EvalOptions(
         models=[m.strip() for m in models.split(",") if m.strip()] if models else None, mask_history=mask_history, split=split,
         core=core, max_users=max_users, max_events=max_events, cut=cut, window_days=window_days,
+        cold_share=cold_share,
         decay=decay, seed=seed,
     )
     try:

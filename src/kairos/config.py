@@ -104,6 +104,12 @@ class Settings(BaseSettings):
     semantic_text_weight: float = Field(
         default=0.3, ge=0, le=1, description="Weight of stated interests in a profile that also has behaviour."
     )
+    cold_start_position: int = Field(
+        default=5, ge=0, description="Place (from 1) in every ten of a list given to a never-engaged item that "
+        "matches the user's profile: new arrivals cannot win fusion on behaviour. 0 = off.")
+    cold_start_min_similarity: float = Field(
+        default=0.4, ge=-1, le=1, description="Cosine a never-engaged item needs to take a cold-start slot."
+    )
     shared_embedding_cache: bool = Field(
         default=True, description="Also keep embeddings in text_cache_dir, shared by every database here."
     )

@@ -290,6 +290,7 @@ class Engine:
                 chosen = self._diversify(fused.top(depth), n, diversity)
             else:
                 chosen = fused.top(n)
+            chosen = self._cold_start_slots(chosen, fused, n)
             items = [
                 RecommendedItem(item_id=self.catalog.ids[item], score=score, sources=sources,
                                 title=self.catalog.titles[item], reason=self._reason(ctx, item, sources))
@@ -300,6 +301,30 @@ class Engine:
             request_id=request_id or uuid.uuid4().hex,
             sources=[name for name in self.sources if weights.get(name, 0.0) > 0],
         )
+
+    def _cold_start_slots(self, chosen: list[tuple[int, float, list[str]]], fused: Fused,
+                          n: int) -> list[tuple[int, float, list[str]]]:
+        """Give place `cold_start_position` of every ten to an item nobody has engaged
+        with yet that the semantic source finds close to the user: otherwise a new
+        arrival never beats items with behaviour behind them."""
+        first = self.settings.cold_start_position
+        semantic = fused.ranked.get("semantic")
+        if first == 0 or semantic is None or len(chosen) < first:
+            return chosen
+        places = list(range(first - 1, len(chosen), 10))
+        taken = {item for item, _, _ in chosen}
+        cold = [
+            item for item, score in zip(semantic.items.tolist(), semantic.scores.tolist(), strict=True)
+            if score >= self.settings.cold_start_min_similarity and item not in taken
+            and not self.state.popularity.engaged(item)
+        ][: len(places)]
+        if not cold:
+            return chosen
+        ranked = [entry for entry in chosen][: len(chosen) - len(cold)]
+        for place, item in zip(places, cold):
+            score = ranked[place][1] if place < len(ranked) else (ranked[-1][1] if ranked else 0.0)
+            ranked.insert(place, (item, score, ["semantic"]))
+        return ranked
 
     def _reason(self, ctx: UserContext, item: int, sources: list[str]) -> str:
         for name in sources:

@@ -230,7 +230,7 @@ class _Item:
 
 # -- new-item push -----------------------------------------------------------------------
 
-PUSH_TARGETERS = ("random", "active", "category")
+PUSH_TARGETERS = ("random", "active", "category", "semantic")
 
 
 @dataclass
@@ -252,7 +252,8 @@ def new_item_push(data: EvalData, targeters: list[str], cut_fraction: float = 0.
     to notify; hits are the users who interact with it within the window.
 
     Targeters: `random`; `active` (most events so far); `category` (the baseline:
-    users by their number of recent visits in the item's categories, then activity).
+    users by their number of recent visits in the item's categories, then activity);
+    `semantic` (users by the cosine of their semantic profile to the item's text).
     """
     unknown = set(targeters) - set(PUSH_TARGETERS)
     if unknown:
@@ -303,6 +304,17 @@ def _target(engine: Engine, name: str, event: EventRecord, rng: np.random.Genera
     activity = {u: engine.state.users[u].event_count for u in users}
     if name == "active":
         return sorted(users, key=lambda u: -activity[u])[:100]
+    if name == "semantic":
+        semantic = engine.semantic
+        vector = semantic.item_vector(engine.catalog.index[event.item_id]) if semantic else None
+        if semantic is None or vector is None:
+            return []
+        closeness = {}
+        for user in users:
+            profile = semantic.profile(user)
+            if profile is not None:
+                closeness[user] = float(profile @ vector)
+        return sorted(closeness, key=lambda u: (-closeness[u], -activity[u]))[:100]
     categories = set(engine.catalog.categories[engine.catalog.index[event.item_id]])
 
     def affinity(user: str) -> int:

@@ -33,7 +33,8 @@ def code_version() -> str:
 
 def print_table(result: LooResult, console: Console) -> None:
     convention = "history masked" if result.mask_history else "history kept"
-    table = Table(title=f"{result.dataset}: leave-one-out ({result.split}), full ranking, {convention}, "
+    cold = f", cold start ({result.cold_items:,} items held out)" if result.cold_items else ""
+    table = Table(title=f"{result.dataset}: leave-one-out ({result.split}){cold}, full ranking, {convention}, "
                         f"{result.users:,} users x {result.items:,} items")
     table.add_column("model")
     for key in (*HEADLINE, "coverage@10", "p50 ms"):
@@ -120,7 +121,8 @@ def _markdown(results: list[AnyResult], payload: dict[str, Any]) -> str:
             lines += ["| " + " | ".join(row) + " |" for row in rows]
             continue
         convention = "history masked" if result.mask_history else "history kept"
-        lines += ["", f"## Leave-one-out ({result.split}), full ranking, {convention}", "",
+        cold = f", cold start ({result.cold_items:,} items held out of training)" if result.cold_items else ""
+        lines += ["", f"## Leave-one-out ({result.split}){cold}, full ranking, {convention}", "",
                   f"{result.users:,} users, {result.items:,} items, {result.train_events:,} events visible to the engine.",
                   "", "| model | " + " | ".join(HEADLINE) + " | coverage@10 | novelty@10 | p50 ms |",
                   "|---" * (len(HEADLINE) + 4) + "|"]

@@ -10,18 +10,19 @@ from kairos.evaluation.data import EvalData, load_eval_data
 from kairos.evaluation.protocols import BASELINES, leave_one_out
 from kairos.evaluation.replay import PUSH_TARGETERS, new_item_push, replay, temporal_split
 
-PROTOCOLS = ("loo", "temporal", "replay", "push")
+PROTOCOLS = ("loo", "coldstart", "temporal", "replay", "push")
 
 
 @dataclass
 class EvalOptions:
-    models: list[str] | None = None  # None: the protocol's defaults (baselines + kairos; push: all targeters)
+    models: list[str] | None = None  # None: the protocol's defaults (baselines, semantic, kairos; push: all targeters)
     mask_history: str = "both"  # both | yes | no (leave-one-out)
     split: str = "test"  # test | valid (leave-one-out)
     core: int = 0  # keep items, then users, with at least this many events
     max_users: int | None = None
     max_events: int | None = None  # replay: the first K events after the cut
     cut: float = 0.8  # share of events before the cut (temporal, replay, push)
+    cold_share: float = 0.1  # coldstart: share of items held out of training
     window_days: float = 7.0  # push
     decay: bool = True  # replay: serving decay on (popularity, co-visitation)
     seed: int = 0
@@ -33,12 +34,16 @@ def run_evaluation(data: Path | EvalData, protocol: str, options: EvalOptions | 
     options = options or EvalOptions()
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
-    models = options.models or [*BASELINES, "kairos"]
+    models = options.models or [*BASELINES, "semantic", "kairos"]
     dataset = data if isinstance(data, EvalData) else load_eval_data(data, options.core, options.core, quiet)
     if protocol == "loo":
         conventions = {"both": [True, False], "yes": [True], "no": [False]}[options.mask_history]
         return dataset, [leave_one_out(dataset, models, mask, options.split, options.seed,
                                        options.max_users, quiet) for mask in conventions]
+    if protocol == "coldstart":
+        conventions = {"both": [True, False], "yes": [True], "no": [False]}[options.mask_history]
+        return dataset, [leave_one_out(dataset, models, mask, options.split, options.seed, options.max_users,
+                                       quiet, cold_share=options.cold_share) for mask in conventions]
     if protocol == "temporal":
         return dataset, [temporal_split(dataset, models, options.cut, seed=options.seed, quiet=quiet)]
     if protocol == "replay":

@@ -21,9 +21,11 @@ import faiss
 import numpy as np
 
 FORMAT_VERSION = 1
-# A filter this selective is answered by brute force over the allowed rows: gathering them is
-# cheaper than an HNSW walk that must visit ~1/selectivity nodes per result.
-SUBSET_EXACT_MAX = 20_000
+# A filtered HNSW walk visits ~n/allowed nodes per hit, so its cost grows like ef * n / allowed
+# while brute force over the allowed rows grows like allowed: masks allowing at most
+# sqrt(SUBSET_COST_RATIO * ef * n) keys are answered exactly (the ratio is measured; see
+# benchmarks/index.py).
+SUBSET_COST_RATIO = 16.0
 # Upper bound on the HNSW beam when a mask is selective (efSearch grows as 1/selectivity).
 EF_SEARCH_CAP = 2_048
 _ANY_LIVE = (0, 1 << 62)  # IDSelectorRange admitting every key but the tombstone label -1
@@ -46,9 +48,9 @@ class VectorIndex:
         self,
         dim: int,
         exact_max: int = 50_000,
-        hnsw_m: int = 32,
-        ef_construction: int = 80,
-        ef_search: int = 96,
+        hnsw_m: int = 24,
+        ef_construction: int = 60,
+        ef_search: int = 128,
         *,
         rebuild_share: float = 0.25,
     ) -> None:
@@ -428,13 +430,14 @@ class VectorIndex:
             wanted = self._count
             selector = faiss.IDSelectorRange(*_ANY_LIVE) if self._dead else None
         else:
-            candidates = np.flatnonzero(padded[:-1] & (self._slot >= 0))
-            wanted = len(candidates)
+            live = padded[:-1] & (self._slot >= 0)
+            wanted = int(np.count_nonzero(live))
             if wanted == 0:
                 return _padding(len(q), k)
-            if wanted <= SUBSET_EXACT_MAX:
+            if wanted * wanted <= SUBSET_COST_RATIO * max(self.ef_search, k) * self._count:
+                candidates = np.flatnonzero(live)
                 return _scan(q, k, self._stored()[self._slot[candidates]], candidates, None)
-            bits = np.packbits(padded[:-1], bitorder="little")
+            bits = np.packbits(live, bitorder="little")
             # The IndexIDMap translates internal ids to keys before asking the selector, so
             # the bitmap is over keys; tombstones translate to -1, never a member.
             selector = faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits))

@@ -19,6 +19,7 @@ RRF_K = 60.0
 class Fused:
     scores: np.ndarray  # over the whole catalogue; 0 = proposed by no source
     contributions: dict[str, np.ndarray]  # per source, same shape
+    ranked: dict[str, Candidates]  # what each source proposed, as it proposed it
 
     def top(self, n: int) -> list[tuple[int, float, list[str]]]:
         """The n best items: (index, score, sources by decreasing contribution)."""
@@ -41,4 +42,4 @@ def reciprocal_rank_fusion(ranked: dict[str, Candidates], weights: dict[str, flo
         share[candidates.items] = weight / (RRF_K + 1.0 + np.arange(len(candidates.items)))
         scores += share
         contributions[name] = share
-    return Fused(scores, contributions)
+    return Fused(scores, contributions, ranked)

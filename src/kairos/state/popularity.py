@@ -33,6 +33,10 @@ class DecayedPopularity:
         for name in categories:
             self._categories[name] = max(self._categories.get(name, 0.0) + amount, 0.0)
 
+    def engaged(self, item: int) -> bool:
+        """Has anyone ever engaged positively with this item?"""
+        return item < len(self._items) and self._items[item] > 0
+
     def ranking_scores(self, n_items: int) -> np.ndarray:
         """Scores of items 0..n_items-1 proportional to their decayed popularity at any
         one moment (a new array). Rank by these: the decayed values themselves may

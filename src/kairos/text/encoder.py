@@ -40,7 +40,8 @@ class TextEncoder:
     def encode(
         self, texts: Sequence[str], batch_size: int = 64, show_progress: bool = False
     ) -> np.ndarray:
-        """Embed `texts` in batches of similar length (less padding), in input order."""
+        """Embed `texts`, rows in input order. `batch_size` texts go through torch at once
+        (sorted by length, less padding); the ONNX backends run text by text."""
         if isinstance(texts, str):
             raise TypeError("encode takes a sequence of texts, not one string")
         texts = list(texts)
@@ -67,7 +68,9 @@ class TorchEncoder(TextEncoder):
         from sentence_transformers import SentenceTransformer
 
         self._model = SentenceTransformer(str(path), device="cpu")
-        dim = self._model.get_embedding_dimension()
+        # Renamed in sentence-transformers 6; the old name still works in 5.
+        get_dim = getattr(self._model, "get_embedding_dimension", None)
+        dim = get_dim() if get_dim else self._model.get_sentence_embedding_dimension()
         assert dim is not None
         super().__init__(model_id, dim, threads)
         self._lock = threading.Lock()
@@ -93,8 +96,7 @@ class OnnxEncoder(TextEncoder):
             raise ValueError(f"unsupported pooling in {path}: {pooling}")
         self._tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
         self._tokenizer.enable_truncation(max_length=_max_seq_length(path))
-        pad = _pad_token(path)
-        self._tokenizer.enable_padding(pad_id=self._tokenizer.token_to_id(pad), pad_token=pad)
+        self._tokenizer.no_padding()
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
@@ -109,19 +111,20 @@ class OnnxEncoder(TextEncoder):
         super().__init__(model_id, int(pooling["word_embedding_dimension"]), threads)
 
     def _embed(self, texts: list[str]) -> np.ndarray:
-        # Session.run and Tokenizer.encode_batch are thread-safe: no lock needed.
-        encodings = self._tokenizer.encode_batch(texts)
-        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        # One text per run: no padding, as fast as batches here at 1 thread, and int8's dynamic
+        # activation scale (one per tensor) then cannot make a row depend on its batch-mates.
+        # Session.run and Tokenizer.encode are thread-safe: no lock needed.
+        return np.vstack([self._embed_one(text) for text in texts])
+
+    def _embed_one(self, text: str) -> np.ndarray:
+        encoding = self._tokenizer.encode(text)
         feed = {
-            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-            "attention_mask": mask,
-            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+            "input_ids": np.array([encoding.ids], dtype=np.int64),
+            "attention_mask": np.array([encoding.attention_mask], dtype=np.int64),
+            "token_type_ids": np.array([encoding.type_ids], dtype=np.int64),
         }
         (hidden,) = self._session.run(None, {name: feed[name] for name in self._inputs})
-        if self._mode == "cls":
-            return hidden[:, 0]
-        weights = mask[..., None].astype(np.float32)
-        return (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+        return hidden[:, 0] if self._mode == "cls" else hidden.mean(axis=1)
 
 
 def load_encoder(
@@ -299,8 +302,3 @@ def _max_seq_length(path: Path) -> int:
     configured = _read_json(path / "sentence_bert_config.json").get("max_seq_length")
     limit = _read_json(path / "tokenizer_config.json").get("model_max_length", 512)
     return int(min(configured or limit, limit))
-
-
-def _pad_token(path: Path) -> str:
-    pad = _read_json(path / "tokenizer_config.json").get("pad_token", "[PAD]")
-    return pad["content"] if isinstance(pad, dict) else str(pad)
