@@ -10,6 +10,7 @@ from kairos.clock import SimulatedClock
 from kairos.config import Settings
 from kairos.engine import Engine
 from kairos.schema import Event, Item, ItemFields, User
+from kairos.store import ItemRecord, SQLiteStore
 
 T0 = 1_700_000_000.0
 
@@ -143,3 +144,22 @@ def test_a_new_arrival_takes_the_cold_start_place_in_a_busy_list(shop: Engine) -
     assert result.items[4].reason == "similar to 'Trail running shoes', which you clicked"
     shop.ingest([Event(user_id="crowd0", item_id="gaiters", type="view", timestamp=T0 + 200)])
     assert "gaiters" not in ids(shop.recommend("runner", 3))  # engaged now: it competes like any item
+
+
+def test_the_vector_index_is_saved_at_close_and_reloaded(tmp_path: Path) -> None:
+    engine = make_engine(tmp_path)
+    engine.upsert_items([Item(item_id=k, title=t, text=d, categories=[c]) for k, (t, d, c) in CATALOGUE.items()])
+    before = engine.search("coffee grinder", 3)
+    engine.close()
+    assert (tmp_path / "k.db.vectors" / "items.json").exists()
+    restarted = make_engine(tmp_path)
+    assert restarted.semantic is not None and restarted.semantic.encoded == 0
+    assert ids(restarted.search("coffee grinder", 3)) == ids(before)
+    restarted.close()
+    # Another writer changes an item's text while no engine runs: the saved index is stale.
+    store = SQLiteStore(tmp_path / "k.db")
+    store.upsert_items([ItemRecord("tent", "Espresso machine", "Dual boiler espresso machine.")])
+    store.close()
+    again = make_engine(tmp_path)
+    assert again.semantic is not None and again.semantic.encoded == 1  # only the changed item
+    assert ids(again.search("espresso machine", 1)) == ["tent"]

@@ -118,6 +118,7 @@ class Engine:
                 self.catalog.upsert(item)
             if self.semantic is not None:
                 if any(item.title or item.text or item.categories for item in items):
+                    self.semantic.load(self.vectors_path())
                     self.semantic.sync_items(items, show_progress=progress is not None)
                 for user in self.store.iter_users():
                     if user.text:
@@ -146,9 +147,15 @@ class Engine:
     def store_path(self) -> Path:
         return Path(getattr(self.store, "path", self.settings.db_path))
 
+    def vectors_path(self) -> Path:
+        """Where the vector index is saved at close and reloaded at start-up."""
+        path = self.store_path()
+        return path.with_name(path.name + ".vectors")
+
     def close(self) -> None:
         with self._lock:
             if self.semantic is not None:
+                self.semantic.save(self.vectors_path())
                 self.semantic.close()
             self.store.close()
 

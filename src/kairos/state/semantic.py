@@ -8,6 +8,7 @@ changes the next request's semantic candidates.
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -134,6 +135,35 @@ class SemanticState:
                 self.index.upsert(np.array([key for key, _, _ in changed]), vectors)
                 for key, _, digest in changed:
                     self.item_hashes[key] = digest
+
+    def save(self, path: Path) -> None:
+        """Persist the index and which text each key was encoded from (see `load`)."""
+        with self._lock:
+            if self.index is None or self._encoder is None:
+                return
+            path.mkdir(parents=True, exist_ok=True)
+            self.index.save(path / "index")
+            meta = {"model_id": self._encoder.model_id, "item_hashes": {str(k): h for k, h in self.item_hashes.items()}}
+            tmp = path / "items.json.tmp"
+            tmp.write_text(json.dumps(meta))
+            tmp.replace(path / "items.json")
+
+    def load(self, path: Path) -> bool:
+        """Reload a saved index for the same model; `sync_items` then re-encodes only the
+        items whose text changed since. False (and nothing loaded) when it does not fit."""
+        with self._lock:
+            try:
+                meta = json.loads((path / "items.json").read_text())
+                if meta["model_id"] != self.model_id:
+                    return False
+                index = VectorIndex.load(path / "index")
+            except (OSError, ValueError, KeyError):
+                return False
+            if index.dim != self.encoder.dim:
+                return False
+            self.index = index
+            self.item_hashes = {int(k): h for k, h in meta["item_hashes"].items()}
+            return True
 
     def item_vector(self, key: int) -> np.ndarray | None:
         return self.index.vector(key) if self.index is not None and key in self.index else None
