@@ -91,11 +91,8 @@ class Engine:
         )
         self.clock: Clock = clock or WallClock()
         self._lock = threading.RLock()
-        self.catalog = Catalog()
-        self.state = OnlineState(self.settings, self.catalog)
-        self.semantic: SemanticState | None = self._semantic_state()
-        self.state.semantic = self.semantic
-        self.sources: dict[str, CandidateSource] = build_sources(self.state, self.settings)
+        self.semantic: SemanticState | None = None
+        self._reset_state()
         self.rebuild_seconds = 0.0
         if rebuild:
             self.rebuild_state(progress)
@@ -106,13 +103,7 @@ class Engine:
         """Reload items and replay every stored event, in acknowledgement order."""
         started = time.perf_counter()
         with self._lock:
-            if self.semantic is not None:
-                self.semantic.close()
-            self.catalog = Catalog()
-            self.state = OnlineState(self.settings, self.catalog)
-            self.semantic = self._semantic_state()
-            self.state.semantic = self.semantic
-            self.sources = build_sources(self.state, self.settings)
+            self._reset_state()
             items = list(self.store.iter_items())
             for item in items:
                 self.catalog.upsert(item)
@@ -130,6 +121,16 @@ class Engine:
                 if progress:
                     progress(len(batch))
         self.rebuild_seconds = time.perf_counter() - started
+
+    def _reset_state(self) -> None:
+        """Empty catalogue, online state, semantic state and sources over them."""
+        if self.semantic is not None:
+            self.semantic.close()
+        self.catalog = Catalog()
+        self.state = OnlineState(self.settings, self.catalog)
+        self.semantic = self._semantic_state()
+        self.state.semantic = self.semantic
+        self.sources: dict[str, CandidateSource] = build_sources(self.state, self.settings)
 
     def _semantic_state(self) -> SemanticState | None:
         if not self.settings.semantic_enabled:
