@@ -79,7 +79,8 @@ class Settings(BaseSettings):
         default="", description="sentence-transformers name or folder; empty = packaged all-MiniLM-L6-v2."
     )
     text_backend: Literal["torch", "onnx", "onnx-int8"] = Field(
-        default="onnx-int8", description="Inference backend; see benchmarks/encoder.py for the choice."
+        default="onnx-int8",
+        description="Inference backend; int8 was chosen by benchmarks/encoder.py (results/encoder.json).",
     )
     text_cache_dir: Path = Field(
         default=Path(".kairos-cache"), description="Exported ONNX files (KAIROS_TEXT_CACHE_DIR)."

@@ -140,7 +140,7 @@ class Engine:
         def load() -> TextEncoder:
             from kairos.text.encoder import load_encoder
 
-            return load_encoder(settings.text_model or None, settings.text_backend,
+            return load_encoder(settings.text_model, settings.text_backend,
                                 settings.text_cache_dir, threads=settings.text_threads)
 
         return SemanticState(settings, self.catalog, self.store_path(), load)

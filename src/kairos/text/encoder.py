@@ -10,8 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 import threading
 import uuid
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
@@ -24,7 +27,8 @@ from kairos.progress import progress
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
 PACKAGED_NAME = "all-MiniLM-L6-v2"
-# Bump when the export or quantisation recipe changes: it renames the cached .onnx files.
+# Bump when the ONNX export, quantisation or inference changes: it renames the cached .onnx
+# files and, from 2 on, suffixes the ONNX model_ids so that embedding caches refill.
 EXPORT_VERSION = 1
 _INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -162,6 +166,8 @@ def _load(name: str, path_str: str, backend: str, cache_dir_str: str, threads: i
     model_id = f"{name}@{key[:8]}/{backend}"
     if backend == "torch":
         return TorchEncoder(path, model_id, threads)
+    if EXPORT_VERSION > 1:
+        model_id += f".v{EXPORT_VERSION}"
     return OnnxEncoder(path, onnx_file(path, backend, cache_dir), model_id, threads)
 
 
@@ -210,8 +216,11 @@ def onnx_file(path: Path, backend: str, cache_dir: Path) -> Path:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         fp32 = onnx_file(path, "onnx", cache_dir)
-        with _atomic_target(target) as tmp:
-            quantize_dynamic(fp32, tmp, per_channel=True, weight_type=QuantType.QInt8)
+        # quantize_dynamic writes scratch files beside its input: give each writer its own copy.
+        with tempfile.TemporaryDirectory(dir=cache_dir) as work, _atomic_target(target) as tmp:
+            source = Path(work) / fp32.name
+            shutil.copyfile(fp32, source)
+            quantize_dynamic(source, tmp, per_channel=True, weight_type=QuantType.QInt8)
     else:
         raise ValueError(f"no ONNX file for backend {backend!r}")
     return target
@@ -237,7 +246,8 @@ def _export_onnx(path: Path, target: Path) -> None:
             return self.model(**dict(zip(names, inputs))).last_hidden_state
 
     axes = {0: "batch", 1: "sequence"}
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer and deprecation notes, expected here
         torch.onnx.export(
             Hidden(), tuple(sample[n] for n in names), str(target),
             input_names=names, output_names=["token_embeddings"],
