@@ -20,11 +20,11 @@ from pathlib import Path
 
 from kairos.evaluation.data import load_eval_data
 from kairos.evaluation.protocols import leave_one_out
-from kairos.evaluation.replay import replay
+from kairos.evaluation.replay import PUSH_TARGETERS, new_item_push, replay
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("KAIROS_DATA_DIR", ROOT.parent / "shared" / "data"))
-MODELS = ["random", "popular", "covisit", "kairos"]
+MODELS = ["random", "popular", "covisit", "semantic", "kairos"]
 
 # (folder, 5-core filter, convention of its published figures: mask history?)
 DATASETS = [
@@ -72,13 +72,15 @@ def main() -> None:
             continue
         data = load_eval_data(path, core, core)
         loo = {mask: leave_one_out(data, MODELS, mask_history=mask) for mask in (masked, not masked)}
-        rep = replay(data, ["popular", "covisit", "kairos"], max_events=args.replay_events)
+        cold = leave_one_out(data, ["popular", "covisit", "semantic", "kairos"], mask_history=masked, cold_share=0.1)
+        rep = replay(data, ["popular", "covisit", "semantic", "kairos"], max_events=args.replay_events)
+        push = new_item_push(data, list(PUSH_TARGETERS))
         report["datasets"][folder] = {  # type: ignore[index]
             "summary": data.summary(), "notes": data.notes,
             "loo": {("masked" if m else "kept"): r.to_json() for m, r in loo.items()},
-            "replay": rep.to_json(),
+            "coldstart": cold.to_json(), "replay": rep.to_json(), "push": push.to_json(),
         }
-        sections.append(_markdown(folder, data.summary(), data.notes, loo, masked, rep))
+        sections.append(_markdown(folder, data.summary(), data.notes, loo, masked, rep, cold, push))
     report["seconds"] = round(time.perf_counter() - started, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
@@ -88,7 +90,8 @@ def main() -> None:
     print(f"wrote {args.out} and the accuracy section of {args.docs}")
 
 
-def _markdown(folder: str, summary: dict[str, int], notes: list[str], loo: dict, masked: bool, rep) -> str:  # type: ignore[no-untyped-def]
+def _markdown(folder: str, summary: dict[str, int], notes: list[str], loo: dict, masked: bool,  # type: ignore[no-untyped-def]
+              rep, cold, push) -> str:
     lines = [f"### {folder}", "",
              f"{summary['users']:,} users, {summary['items']:,} items, {summary['events']:,} events. "
              + " ".join(notes), ""]
@@ -110,6 +113,19 @@ def _markdown(folder: str, summary: dict[str, int], notes: list[str], loo: dict,
             for name, _, _, source in PUBLISHED.get(folder, [])[:1]:
                 lines += ["", f"Published rows: {source}. Their R@10 is our HR@10 (one target per user)."]
         lines.append("")
+    lines += [f"Cold start: {cold.cold_items:,} items (10%, seeded) held out of training entirely; "
+              f"the {cold.users:,} users whose test target is one of them "
+              f"({'history masked' if masked else 'history kept'}):", "",
+              "| model | HR@10 (= Recall@10) | NDCG@10 | HR@20 | MRR |", "|---|---|---|---|---|"]
+    for name, model in cold.models.items():
+        m = model.metrics
+        lines.append(f"| {name} | {m['HR@10']:.4f} | {m['NDCG@10']:.4f} | {m['HR@20']:.4f} | {m['MRR']:.4f} |")
+    lines += ["", f"New-item push: {push.new_items} arrivals after the 80% cut, 7-day window:", "",
+              "| targeter | precision@10 | precision@100 | recall@100 |", "|---|---|---|---|"]
+    for name, m in push.targeters.items():
+        lines.append(f"| {name} | {m.get('precision@10', 0):.4f} | {m.get('precision@100', 0):.4f} | "
+                     f"{m.get('recall@100', 0):.4f} |")
+    lines.append("")
     lines += [f"Prequential replay of the first {rep.events:,} events after the 80% time cut, "
               "recommend(user, 10) before each event, then ingest it (online) or not (frozen):", "",
               "| model | HR@10 online | HR@10 frozen | online / frozen | NDCG@10 online | NDCG@10 frozen | p99 ms |",
