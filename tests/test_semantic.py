@@ -163,3 +163,13 @@ def test_the_vector_index_is_saved_at_close_and_reloaded(tmp_path: Path) -> None
     again = make_engine(tmp_path)
     assert again.semantic is not None and again.semantic.encoded == 1  # only the changed item
     assert ids(again.search("espresso machine", 1)) == ["tent"]
+
+
+def test_a_profile_spanning_years_stays_finite(shop: Engine) -> None:
+    year = 365 * 86400.0
+    shop.ingest([Event(user_id="old", item_id=key, type="click", timestamp=T0 + k * year)
+                 for k, key in enumerate(["novel", "cookbook", "tent", "coffee-beans"] * 3)])
+    assert shop.semantic is not None
+    profile = shop.semantic.profile("old")
+    assert profile is not None and abs(float(profile @ profile) - 1.0) < 1e-5
+    assert ids(shop.recommend("old", 1, exclude_seen=False)) == ["coffee-beans"]  # the latest dominates

@@ -27,7 +27,9 @@ from kairos.text.compose import item_text, text_hash
 if TYPE_CHECKING:
     from kairos.text.encoder import TextEncoder
 
-_RESCALE_EXPONENT = 60.0  # float32 profiles: rescale long before e**88 overflows
+# float32 profiles: rescale while e**x stays small enough that sums and their squared
+# norms cannot overflow (e**20 ~ 5e8).
+_RESCALE_EXPONENT = 20.0
 
 
 class UserProfile:
@@ -209,7 +211,7 @@ class SemanticState:
         stated = self.stated.get(user_id)
         vector = None
         if behaviour is not None:
-            norm = float(np.linalg.norm(behaviour.vector))
+            norm = float(np.linalg.norm(behaviour.vector.astype(np.float64)))
             if norm > 0:
                 vector = behaviour.vector / norm
         if stated is not None:
