@@ -222,3 +222,27 @@ def test_metrics_count_requests_and_events(server_factory: Any) -> None:
         assert "kairos_http_request_duration_seconds_bucket" in text
         assert client.get("/docs").status_code == 200
         assert "/v1/events" in client.get("/openapi.json").json()["paths"]
+
+
+def test_language_model_endpoints(server_factory: Any) -> None:
+    server = server_factory()
+    with server.client() as client:
+        items = [
+            {"item_id": "tent", "title": "Two-person backpacking tent", "categories": ["outdoor"]},
+            {"item_id": "bag", "title": "Down sleeping bag for cold nights", "categories": ["outdoor"]},
+            {"item_id": "beans", "title": "Espresso coffee beans", "categories": ["coffee"]},
+            {"item_id": "grinder", "title": "Burr coffee grinder", "categories": ["coffee"]},
+        ]
+        client.post("/v1/items", json={"items": items})
+        found = client.get("/v1/search", params={"q": "coffee beans for espresso", "n": 2}).json()
+        assert found["items"][0]["item_id"] == "beans"
+        similar = client.get("/v1/items/tent/similar", params={"method": "semantic", "n": 1}).json()
+        assert similar["items"][0]["item_id"] == "bag"
+        assert client.get("/v1/items/tent/similar", params={"method": "magic"}).status_code == 422
+        client.put("/v1/users/camper", json={"text": "camping trips in the mountains"})
+        recs = client.get("/v1/recommendations/camper", params={"n": 2}).json()
+        assert recs["items"][0]["item_id"] in {"tent", "bag"}
+        assert recs["items"][0]["reason"].startswith("matches your interests")
+        assert "semantic" in recs["sources"]
+        assert client.get("/v1/recommendations/camper", params={"diversity": 2}).status_code == 422
+        assert client.get("/v1/search").status_code == 422  # q is required
