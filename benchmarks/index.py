@@ -37,20 +37,38 @@ SEEN = 100  # keys a seen-filter excludes per query
 SEEN_NEAR = 5  # of which taken from the query's exact top-10
 
 
-def mixture(n: int, dim: int, seed: int, clusters: int, chunk: int = 100_000) -> np.ndarray:
-    """n unit vectors from a fixed mixture (the centres depend only on dim and clusters)."""
-    centres_rng = np.random.default_rng(1_000_003)
-    centres = centres_rng.standard_normal((clusters, dim), dtype=np.float32)
+def mixture(n: int, dim: int, seed: int, clusters: int, intrinsic: int = 32,
+            chunk: int = 100_000) -> np.ndarray:
+    """n unit vectors from a fixed Gaussian mixture (centres and shapes depend only on dim,
+    clusters and intrinsic). Clusters have Zipf sizes and varying spread; within a cluster
+    the variation lies mostly in a random `intrinsic`-dimensional subspace with a decaying
+    spectrum, plus weak isotropic noise, as text embeddings concentrate near low-dimensional
+    manifolds. intrinsic=0 gives isotropic clusters: a worst case for any ANN index, since
+    neighbours in 384 independent dimensions are barely closer than non-neighbours."""
+    shape_rng = np.random.default_rng(1_000_003)
+    centres = shape_rng.standard_normal((clusters, dim), dtype=np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     weights = 1.0 / np.arange(1, clusters + 1) ** 0.7
     weights /= weights.sum()
-    spread = centres_rng.uniform(0.5, 1.1, clusters).astype(np.float32) / np.sqrt(dim)
+    spread = shape_rng.uniform(0.5, 1.1, clusters).astype(np.float32)
+    if intrinsic:
+        bases = shape_rng.standard_normal((clusters, intrinsic, dim), dtype=np.float32) / np.sqrt(dim)
+        spectrum = np.arange(1, intrinsic + 1, dtype=np.float32) ** -0.5
+        spectrum /= np.linalg.norm(spectrum)
+        noise = 0.25 / np.sqrt(dim)
     rng = np.random.default_rng(seed)
     out = np.empty((n, dim), dtype=np.float32)
     for start in range(0, n, chunk):
         m = min(chunk, n - start)
         label = rng.choice(clusters, m, p=weights)
-        block = rng.standard_normal((m, dim), dtype=np.float32)
+        if intrinsic:
+            block = rng.standard_normal((m, dim), dtype=np.float32) * noise
+            latent = rng.standard_normal((m, intrinsic), dtype=np.float32) * spectrum
+            for c in np.unique(label):
+                rows = np.flatnonzero(label == c)
+                block[rows] += latent[rows] @ bases[c]
+        else:
+            block = rng.standard_normal((m, dim), dtype=np.float32) / np.sqrt(dim)
         block *= spread[label][:, None]
         block += centres[label]
         block /= np.linalg.norm(block, axis=1, keepdims=True)
@@ -168,16 +186,28 @@ def measure(mode: str, base: np.ndarray, queries: np.ndarray, truth: np.ndarray,
     assert masks.one_percent[found[found >= 0]].all() and (found >= 0).all(), "1% mask violated or starved"
     result["one_percent_mask"] = {**lat, "recall_at_10": recall_at_k(found[:n_recall], truth_one)}
     if mode == "hnsw":
+        result["ef_sweep"] = ef_sweep(index, queries[:n_recall], truth, args.ef_sweep)
         result["upsert"] = mutation_latency(index, base, args.seed)
     del index
     gc.collect()
     return result
 
 
+def ef_sweep(index: VectorIndex, queries: np.ndarray, truth: np.ndarray, efs: list[int]) -> list[dict[str, Any]]:
+    """Recall@10 and single-query latency (no mask) as efSearch varies; the graph is unchanged."""
+    default, out = index.ef_search, []
+    for ef in efs:
+        index.ef_search = ef
+        lat, found = timed_queries(index, queries, lambda i: None)
+        out.append({"ef_search": ef, **lat, "recall_at_10": recall_at_k(found, truth)})
+    index.ef_search = default
+    return out
+
+
 def mutation_latency(index: VectorIndex, base: np.ndarray, seed: int, count: int = 500) -> dict[str, Any]:
     """Single-vector upserts while serving: new keys, then replacements (tombstone + re-add)."""
     n, dim = base.shape
-    fresh = mixture(count, dim, seed + 7, clusters=1024)
+    fresh = mixture(count, dim, seed + 7, clusters=1024)  # any unit vectors do here
     new_s, replace_s = [], []
     for i in range(count):
         start = time.perf_counter()
@@ -192,8 +222,8 @@ def mutation_latency(index: VectorIndex, base: np.ndarray, seed: int, count: int
 
 def run_size(n: int, args: argparse.Namespace) -> list[dict[str, Any]]:
     started = time.perf_counter()
-    base = mixture(n, args.dim, args.seed, args.clusters)
-    queries = mixture(args.queries, args.dim, args.seed + 1, args.clusters)
+    base = mixture(n, args.dim, args.seed, args.clusters, args.intrinsic_dim)
+    queries = mixture(args.queries, args.dim, args.seed + 1, args.clusters, args.intrinsic_dim)
     n_recall = min(args.recall_queries, args.queries)
     truth_wide = exact_top(base, queries[:n_recall], K + SEEN)
     truth = truth_wide[:, :K]
@@ -215,8 +245,8 @@ def run_size(n: int, args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def exact_sweep(sizes: list[int], args: argparse.Namespace) -> list[dict[str, Any]]:
     """Exact-mode latency by size (prefixes of one data set): where `exact_max` should sit."""
-    base = mixture(max(sizes), args.dim, args.seed + 3, args.clusters)
-    queries = mixture(args.queries, args.dim, args.seed + 4, args.clusters)
+    base = mixture(max(sizes), args.dim, args.seed + 3, args.clusters, args.intrinsic_dim)
+    queries = mixture(args.queries, args.dim, args.seed + 4, args.clusters, args.intrinsic_dim)
     out = []
     for n in sorted(sizes):
         index = VectorIndex(args.dim, exact_max=n)
@@ -257,7 +287,9 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [f"Measured {report['date'][:10]} on {report['machine']['cpu_count']} × "
              f"{report['machine']['cpu_model']} ({report['machine']['memory_gb']} GB); `{report['command']}` "
              f"({report['seconds']} s). dim {s['dim']}, HNSW M={s['m']}, efConstruction={s['ef_construction']}, "
-             f"efSearch={s['ef_search']}; {s['queries']} single queries, recall over {s['recall_queries']}.", "",
+             f"efSearch={s['ef_search']}; clusters with intrinsic dimension {s['intrinsic_dim'] or 'full (isotropic)'}; "
+             f"{s['queries']} single queries, recall over {s['recall_queries']}; load average "
+             f"{report['load_average_start'][0]} at start, {report['load_average_end'][0]} at end.", "",
              "| vectors | mode | build s | MB per 1M vectors (RSS / arrays) | no mask p50 / p99 ms | "
              "seen mask p50 / p99 ms | 1% mask p50 / p99 ms | recall@10 no mask / seen / 1% | "
              "upsert new / replace p50 ms |",
@@ -270,6 +302,15 @@ def markdown(report: dict[str, Any]) -> str:
             f"{r['theoretical_mb_per_million']:,.0f} | {lat(r['no_mask'])} | {lat(r['seen_mask'])} | "
             f"{lat(r['one_percent_mask'])} | {rec(r['no_mask'])} / {rec(r['seen_mask'])} / "
             f"{rec(r['one_percent_mask'])} | {upsert} |")
+    sweeps = [r for r in report["results"] if r.get("ef_sweep")]
+    if sweeps:
+        efs = [e["ef_search"] for e in sweeps[0]["ef_sweep"]]
+        lines += ["", "HNSW recall@10 / single-query p50 ms (no mask) by efSearch:", "",
+                  "| vectors | " + " | ".join(f"ef {ef}" for ef in efs) + " |",
+                  "|---:|" + "---:|" * len(efs)]
+        for r in sweeps:
+            cells = [f"{e['recall_at_10']:.3f} / {e['p50_ms']:.2f}" for e in r["ef_sweep"]]
+            lines.append(f"| {r['n']:,} | " + " | ".join(cells) + " |")
     if report.get("exact_sweep"):
         lines += ["", "Exact mode (matrix product + argpartition) by size:", "",
                   "| vectors | no mask p50 / p99 ms | seen mask p50 / p99 ms |", "|---:|---:|---:|"]
@@ -288,6 +329,10 @@ def main() -> None:
                         help="sizes for the exact-mode latency sweep (none to skip)")
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--clusters", type=int, default=1024)
+    parser.add_argument("--intrinsic-dim", type=int, default=32,
+                        help="within-cluster subspace dimension; 0 = isotropic clusters (worst case)")
+    parser.add_argument("--ef-sweep", type=int, nargs="*", default=[64, 128, 256, 512],
+                        help="efSearch values for a recall / latency curve of the HNSW mode")
     parser.add_argument("--queries", type=int, default=1_000)
     parser.add_argument("--recall-queries", type=int, default=300)
     parser.add_argument("--m", type=int, default=defaults.hnsw_m)
@@ -303,7 +348,8 @@ def main() -> None:
         "command": "python " + " ".join(sys.argv),
         "machine": machine_info(),
         "load_average_start": [round(x, 2) for x in os.getloadavg()],
-        "settings": {"dim": args.dim, "clusters": args.clusters, "queries": args.queries,
+        "settings": {"dim": args.dim, "clusters": args.clusters, "intrinsic_dim": args.intrinsic_dim,
+                     "queries": args.queries,
                      "recall_queries": min(args.recall_queries, args.queries), "k": K, "seen_excluded": SEEN,
                      "m": args.m, "ef_construction": args.ef_construction, "ef_search": args.ef_search},
         "results": [],
