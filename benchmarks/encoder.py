@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import shlex
 import subprocess
@@ -35,6 +34,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from kairos.text import BACKENDS, TextEncoder, load_encoder  # noqa: E402
 from kairos.text.encoder import onnx_file, resolve_model  # noqa: E402
+from _machine import machine_info as base_machine_info  # noqa: E402 (a sibling script)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "amazon-scientific-unisrec" / "Scientific.text"
@@ -44,6 +44,7 @@ import json, sys, time
 from pathlib import Path
 started = time.perf_counter()
 from kairos.text import load_encoder
+
 load_encoder(backend=sys.argv[1], cache_dir=Path(sys.argv[2]), threads=1).encode(["x"])
 print(json.dumps({"seconds": time.perf_counter() - started}))
 """
@@ -128,27 +129,11 @@ def model_file(backend: str, cache_dir: Path) -> Path:
 
 
 def machine_info() -> dict[str, Any]:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import onnxruntime
     import torch
 
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpu_model": model or platform.processor(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-        "loadavg_start": list(os.getloadavg()),
-    }
+    return {**base_machine_info(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
 
 
 def markdown(rows: list[dict[str, Any]], batch_sizes: list[int]) -> str:

@@ -18,7 +18,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -30,6 +29,8 @@ import faiss
 import numpy as np
 
 from kairos.index import VectorIndex
+
+from _machine import machine_info as base_machine_info  # noqa: E402 (a sibling script)
 
 ROOT = Path(__file__).resolve().parents[1]
 K = 10
@@ -260,20 +261,8 @@ def exact_sweep(sizes: list[int], args: argparse.Namespace) -> list[dict[str, An
 
 
 def machine_info() -> dict[str, Any]:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {"cpu_count": os.cpu_count(), "cpu_model": model or platform.processor(),
-            "memory_gb": round(mem_gb, 1), "platform": platform.platform(),
-            "python": platform.python_version(), "numpy": np.__version__, "faiss": faiss.__version__,
-            "faiss_omp_threads": faiss.omp_get_max_threads(),
-            "faiss_simd": faiss.get_compile_options()}
+    return {**base_machine_info(), "numpy": np.__version__, "faiss": faiss.__version__,
+            "faiss_omp_threads": faiss.omp_get_max_threads(), "faiss_simd": faiss.get_compile_options()}
 
 
 def markdown(report: dict[str, Any]) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import shlex
 import shutil
@@ -37,6 +36,8 @@ import numpy as np
 from kairos.config import Settings
 from kairos.datasets.demo import DemoConfig, generate_demo, import_demo_data
 from kairos.engine import Engine
+
+from _machine import machine_info as base_machine_info  # noqa: E402 (a sibling script)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MOVIELENS = ROOT.parent / "shared" / "data" / "ml-latest-small"
@@ -333,20 +334,7 @@ def recommend_phase(server: Server, users: list[str], levels: list[int], duratio
 
 
 def machine_info() -> dict[str, Any]:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpu_model": model or platform.processor(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-    }
+    return base_machine_info()
 
 
 def benchmark(prepared: Prepared, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
