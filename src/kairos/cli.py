@@ -156,10 +156,11 @@ def recommend(
     engine = open_engine(_settings(db))
     result = engine.recommend(user_id, n, category=category)
     table = Table(title=f"Recommendations for {user_id} ({result.model_version})")
-    for column in ("#", "item_id", "title", "score", "sources"):
+    for column in ("#", "item_id", "title", "score", "sources", "reason"):
         table.add_column(column)
     for rank, item in enumerate(result.items, 1):
-        table.add_row(str(rank), item.item_id, item.title, f"{item.score:.4f}", ", ".join(item.sources))
+        table.add_row(str(rank), item.item_id, item.title, f"{item.score:.4f}", ", ".join(item.sources),
+                      item.reason)
     console.print(table)
     engine.close()
 
