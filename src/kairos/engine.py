@@ -1,6 +1,7 @@
 """The Engine: the one object behind the HTTP API, the CLI, push and evaluation.
 
 Where an event goes:        Engine.ingest -> Store.append_events (commit) -> OnlineState.apply
+                            (-> SemanticState.apply: the user's semantic profile)
 Where a recommendation
 comes from:                 Engine.recommend -> UserContext -> sources -> fusion -> items
 """
