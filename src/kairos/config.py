@@ -115,7 +115,7 @@ class Settings(BaseSettings):
         default=True, description="Also keep embeddings in text_cache_dir, shared by every database here."
     )
     vector_exact_max: int = Field(
-        default=50_000, ge=1, description="Exact vector search up to this many items, HNSW above."
+        default=20_000, ge=1, description="Exact vector search up to this many items, HNSW above (see docs/benchmarks.md)."
     )
 
     @classmethod
