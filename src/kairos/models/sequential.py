@@ -1,0 +1,785 @@
+"""The behaviour model: a causal transformer over each user's item sequence (the
+SASRec / HSTU family), text-aware so that an item nobody has interacted with yet
+still has a representation, small enough to train on a laptop CPU in minutes.
+
+Conventions: item indices run 1..n_items and 0 is padding. Scores cover indices
+0..n_items with index 0 at -inf, so a score's position is its item's index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kairos.progress import progress as progress_bar
+
+FORMAT_VERSION = 1
+TEXT_DIM = 384
+LOSSES = ("softmax", "sampled_softmax", "bce")
+# Time gaps: 0 padding, 1 "no previous step", then 2 + floor(log2(1 + seconds)), capped.
+GAP_BUCKETS = 34
+UNKNOWN_TYPE = 1  # event-type ids: 0 padding, 1 a type not seen in training
+
+
+@dataclass
+class SeqRecConfig:
+    """Architecture, objective and training schedule. Saved with the model."""
+
+    depth: int = 2
+    width: int = 64
+    heads: int = 2
+    dropout: float = 0.2
+    max_len: int = 200  # 50 for short-history (Amazon-like) data
+    ffn_mult: int = 4
+    loss: str = "softmax"  # "softmax" (full) | "sampled_softmax" | "bce" (SASRec's)
+    negatives: int = 256  # uniform negatives shared across a batch (sampled_softmax)
+    in_batch_negatives: bool = True  # sampled_softmax: as many again from the batch's positives, logQ-corrected
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    epochs: int = 200
+    patience: int = 10  # epochs without a better validation NDCG@10 before stopping
+    seed: int = 0
+    use_ids: bool = True
+    use_text: bool = True
+    use_event_features: bool = False
+    whiten_text: bool = True
+    # Each position learns the next `horizon` items, not only the next one (PinnerFormer's
+    # dense all-action loss): where order within a session is noise, the set carries signal.
+    horizon: int = 1
+    temperature: float | None = None  # set: cosine scores over this temperature; None: dot product
+    # A history's items are never candidates: not in validation ranking, not among the
+    # training negatives (for data without repeat consumption, ranked with history masked).
+    exclude_seen: bool = False
+    valid_users: int | None = 20_000  # validate on a seeded sample of at most this many users
+    # False: train on every given item for exactly `epochs` epochs, without validation
+    # (a refit, with the epoch count that an earlier holdout run chose).
+    holdout: bool = True
+    threads: int = 1  # intra-op threads; 2 on a shared 2-core machine can run 10x slower
+    max_seconds: float | None = None  # training time budget; reaching it breaks determinism
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, not {self.loss!r}")
+        if not (self.use_ids or self.use_text):
+            raise ValueError("an item needs ids or text (use_ids or use_text)")
+        if self.width % self.heads:
+            raise ValueError("width must be a multiple of heads")
+        if min(self.max_len, self.batch_size, self.epochs, self.patience, self.horizon) < 1:
+            raise ValueError("max_len, batch_size, epochs, patience and horizon must be >= 1")
+
+
+@dataclass(frozen=True)
+class StepFeatures:
+    """Per-step side information, parallel to a user's item list."""
+
+    types: Sequence[str]  # event tokens, see `event_token`
+    timestamps: Sequence[float]
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    epoch: int
+    epochs: int
+    loss: float
+    valid_ndcg10: float
+    valid_hr10: float
+    best_epoch: int
+    seconds: float  # this epoch, validation included
+    elapsed: float
+    eta_seconds: float  # left if validation stops improving now (early stopping), within any budget
+
+
+def event_token(event_type: str, value: float | None) -> str:
+    """What the model sees of an event: its type, and a rating's value to the half star
+    (a 1-star rating says something quite different from a 5-star one)."""
+    if event_type == "rating" and value is not None:
+        return f"rating:{round(value * 2) / 2:g}"
+    return event_type
+
+
+def gap_buckets(timestamps: Sequence[float]) -> np.ndarray:
+    """Log-scale buckets of the time since the previous step (1 for the first step)."""
+    ts = np.asarray(timestamps, dtype=np.float64)
+    out = np.ones(len(ts), dtype=np.int64)
+    if len(ts) > 1:
+        gaps = np.maximum(np.diff(ts), 0.0)
+        out[1:] = 2 + np.minimum(np.floor(np.log2(1.0 + gaps)), GAP_BUCKETS - 3).astype(np.int64)
+    return out
+
+
+# -- the network ---------------------------------------------------------------------------
+
+
+class _Block(nn.Module):
+    """Pre-LN transformer block. Sequences are right-padded, so plain causal attention
+    never lets a real step see padding, and SDPA takes its fused path (no mask tensor,
+    no dropout on the attention weights), several times faster on CPU than masked attention."""
+
+    def __init__(self, width: int, heads: int, dropout: float, ffn_mult: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.norm2 = nn.LayerNorm(width)
+        self.ffn = nn.Sequential(nn.Linear(width, ffn_mult * width), nn.GELU(),
+                                 nn.Linear(ffn_mult * width, width))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, length, width = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
+        attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.drop(self.proj(attended.transpose(1, 2).reshape(b, length, width)))
+        return x + self.drop(self.ffn(self.norm2(x)))
+
+
+class SequentialRecommender(nn.Module):
+    """Causal transformer over right-padded item sequences.
+
+    An item is its id embedding plus a learned projection of its frozen text
+    embedding; items with no training interaction keep only the text part
+    (`id_mask`), so a new item is represented from its text alone. The same item
+    table embeds the inputs and scores the output (tied, as in SASRec).
+    """
+
+    def __init__(self, config: SeqRecConfig, n_items: int, n_event_types: int = 0,
+                 text_dim: int = TEXT_DIM) -> None:
+        super().__init__()
+        self.config = config
+        self.n_items = n_items
+        d = config.width
+        self.item_ids = nn.Embedding(n_items + 1, d, padding_idx=0) if config.use_ids else None
+        if config.use_text:
+            self.register_buffer("text", torch.zeros(n_items + 1, text_dim))
+            # Fixed whitening of the text space (identity until `set_text`): sentence
+            # embeddings are anisotropic, and a whitened input trains the projection faster.
+            self.register_buffer("text_mean", torch.zeros(text_dim))
+            self.register_buffer("text_whiten", torch.eye(text_dim))
+            self.text_proj: nn.Linear | None = nn.Linear(text_dim, d, bias=False)
+        else:
+            self.text_proj = None
+        # 1 for items trained by id; 0 (text only) for items never seen in training.
+        self.register_buffer("id_mask", torch.ones(n_items + 1, 1))
+        self.positions = nn.Embedding(config.max_len + 1, d, padding_idx=0)
+        if config.use_event_features:
+            self.event_types: nn.Embedding | None = nn.Embedding(n_event_types + 2, d, padding_idx=0)
+            self.gaps: nn.Embedding | None = nn.Embedding(GAP_BUCKETS, d, padding_idx=0)
+        else:
+            self.event_types = self.gaps = None
+        self.input_drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(_Block(d, config.heads, config.dropout, config.ffn_mult)
+                                    for _ in range(config.depth))
+        self.final_norm = nn.LayerNorm(d)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=0.02)
+                if module.padding_idx is not None:
+                    with torch.no_grad():
+                        module.weight[module.padding_idx].zero_()
+            elif isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    def item_table(self) -> torch.Tensor:
+        """(n_items + 1, width) representations of every item; row 0 (padding) is zero."""
+        table = torch.zeros(self.n_items + 1, self.config.width, device=self.id_mask.device)
+        if self.item_ids is not None:
+            table = table + self.item_ids.weight * self.id_mask
+        if self.text_proj is not None:
+            weight = self.text_whiten @ self.text_proj.weight.T  # whitening folded into the projection
+            has_text = (self.text != 0).any(1, keepdim=True)
+            table = table + (self.text @ weight - self.text_mean @ weight) * has_text
+        return table
+
+    def set_text(self, vectors: torch.Tensor, whiten: bool) -> None:
+        """Load the frozen text vectors (row 0 and rows without text are zero) and fit
+        the whitening on the rows that have text (ZCA, scaled to unit expected norm)."""
+        with torch.no_grad():
+            self.text.copy_(vectors)
+            rows = vectors[(vectors != 0).any(1)].double()
+            if not whiten or len(rows) < 2:
+                return
+            mean = rows.mean(0)
+            values, vecs = torch.linalg.eigh(torch.cov((rows - mean).T))
+            values = values.clamp(min=0) + 1e-2 * values.max()  # shrink: tiny directions stay tame
+            whiten = vecs @ torch.diag(values.rsqrt()) @ vecs.T / math.sqrt(rows.shape[1])
+            self.text_mean.copy_(mean.float())
+            self.text_whiten.copy_(whiten.float())
+
+    def encode(self, items: torch.Tensor, table: torch.Tensor, types: torch.Tensor | None = None,
+               gaps: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states (B, L, width) of right-padded (B, L) sequences."""
+        valid = items != 0
+        positions = torch.arange(1, items.shape[1] + 1, device=items.device) * valid  # 0 on padding
+        x = table[items] + self.positions(positions)
+        if self.event_types is not None and types is not None:
+            x = x + self.event_types(types)
+        if self.gaps is not None and gaps is not None:
+            x = x + self.gaps(gaps)
+        x = self.input_drop(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.final_norm(x)
+
+    def last(self, items: torch.Tensor, table: torch.Tensor, types: torch.Tensor | None = None,
+             gaps: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden state (B, width) after each sequence's last real step."""
+        hidden = self.encode(items, table, types, gaps)
+        last = ((items != 0).sum(1) - 1).clamp(min=0)  # an empty sequence reads its padding step
+        return hidden[torch.arange(len(items)), last]
+
+    def forward(self, items: torch.Tensor, types: torch.Tensor | None = None,
+                gaps: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores (B, n_items + 1) of the next item after each sequence."""
+        table = self.item_table()
+        hidden, out = self.head(self.last(items, table, types, gaps), table)
+        scores = hidden @ out.T
+        scores[:, 0] = -torch.inf
+        return scores
+
+    def head(self, hidden: torch.Tensor, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What scores multiply: as is (dot product), or unit vectors over a temperature
+        (cosine, as the text-based recommenders: popular items cannot win by norm)."""
+        if self.config.temperature is None:
+            return hidden, table
+        return F.normalize(hidden, dim=-1) / self.config.temperature, F.normalize(table, dim=-1)
+
+
+# -- data ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Windows:
+    """Right-padded training windows (W, max_len): inputs, targets (W, max_len, horizon), features."""
+
+    items: np.ndarray
+    targets: np.ndarray
+    types: np.ndarray | None
+    gaps: np.ndarray | None
+    lengths: np.ndarray
+
+
+@dataclass
+class _Validation:
+    items: np.ndarray  # (U, max_len) right-padded histories
+    types: np.ndarray | None
+    gaps: np.ndarray | None
+    targets: np.ndarray  # (U,)
+    seen: np.ndarray | None  # (U, S) padded with 0: items to exclude from the ranking
+
+
+@dataclass
+class _Encoded:
+    """A user's sequence as model inputs: items, and event-type ids and gap buckets."""
+
+    items: np.ndarray
+    types: np.ndarray | None
+    gaps: np.ndarray | None
+
+
+def _encode_user(items: Sequence[int], features: StepFeatures | None, vocab: Mapping[str, int] | None) -> _Encoded:
+    array = np.asarray(items, dtype=np.int64)
+    if vocab is None:
+        return _Encoded(array, None, None)
+    if features is None:
+        return _Encoded(array, np.full(len(array), UNKNOWN_TYPE, dtype=np.int64), np.ones(len(array), dtype=np.int64))
+    if len(features.types) != len(array) or len(features.timestamps) != len(array):
+        raise ValueError("features must be parallel to the item list")
+    types = np.fromiter((vocab.get(t, UNKNOWN_TYPE) for t in features.types), dtype=np.int64, count=len(array))
+    return _Encoded(array, types, gap_buckets(features.timestamps))
+
+
+def _pad(rows: Sequence[np.ndarray], width: int) -> np.ndarray:
+    """Right-padded (len(rows), width, ...), keeping each row's last `width` values."""
+    out = np.zeros((len(rows), width, *(rows[0].shape[1:] if len(rows) else ())), dtype=np.int64)
+    for i, row in enumerate(rows):
+        row = row[-width:]
+        out[i, : len(row)] = row
+    return out
+
+
+def _training_windows(users: Sequence[_Encoded], max_len: int, horizon: int = 1) -> _Windows:
+    """Every position of every training sequence is a target once: long sequences are
+    cut, from the end, into windows of at most max_len steps. Targets (W, max_len,
+    horizon): the next `horizon` items after each input step, 0 past the end."""
+    items, targets, types, gaps = [], [], [], []
+    ahead = np.arange(1, horizon + 1)
+    for user in users:
+        n = len(user.items) - 1  # inputs 0..n-1 predict items 1..n
+        for end in range(n, 0, -max_len):
+            start = max(0, end - max_len)
+            items.append(user.items[start:end])
+            later = np.arange(start, end)[:, None] + ahead[None, :]
+            targets.append(np.where(later <= n, user.items[np.minimum(later, n)], 0))
+            if user.types is not None and user.gaps is not None:
+                types.append(user.types[start:end])
+                gaps.append(user.gaps[start:end])
+    return _Windows(
+        _pad(items, max_len), _pad(targets, max_len),
+        _pad(types, max_len) if types else None, _pad(gaps, max_len) if gaps else None,
+        np.array([len(w) for w in items], dtype=np.int64),
+    )
+
+
+def _batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffled batches of windows of similar length (less padding), seeded."""
+    order = rng.permutation(len(lengths))
+    chunk = batch_size * 16
+    batches: list[np.ndarray] = []
+    for start in range(0, len(order), chunk):
+        part = order[start : start + chunk]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def _trim(array: np.ndarray | None, rows: np.ndarray, length: int) -> torch.Tensor | None:
+    return None if array is None else torch.from_numpy(np.ascontiguousarray(array[rows, :length]))
+
+
+# -- objectives ----------------------------------------------------------------------------
+
+
+def _objective(config: SeqRecConfig, hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor,
+               table: torch.Tensor, generator: torch.Generator, log_count: torch.Tensor | None) -> torch.Tensor:
+    """Mean loss over the real positions of a right-padded batch: hidden (B, L, d), input
+    items (B, L), targets (B, L, horizon), 0 on padding and past a sequence's end.
+
+    Softmax losses score each target against one shared set of negatives per position
+    (every item, or the sampled ones) from which all of the position's targets are
+    removed; with horizon 1 this is plain next-item cross-entropy."""
+    n_items = table.shape[0] - 1
+    real = targets[..., 0] > 0
+    h, target = hidden[real], targets[real]  # (P, d), (P, H)
+    present = target > 0
+    positive = (h[:, None, :] * table[target]).sum(-1)  # (P, H)
+    if config.loss == "bce":
+        negatives = torch.randint(1, n_items + 1, (len(h),), generator=generator)
+        negative = (h * table[negatives]).sum(-1)
+        hit = (negatives[:, None] == target).any(1)  # an accidental hit is no negative
+        positives = (F.softplus(-positive) * present).sum(1) / present.sum(1)
+        return (positives + F.softplus(negative) * ~hit).mean()
+    if config.loss == "softmax" and target.shape[1] == 1:
+        # Next item only: one fused cross-entropy over every item (the common case, fast).
+        if not config.exclude_seen:
+            return F.cross_entropy(h @ table[1:].T, target[:, 0] - 1)
+        excluded = _seen_before(items, torch.arange(1, n_items + 1))[real]
+        excluded[torch.arange(len(target)), target[:, 0] - 1] = False  # the target always competes
+        return F.cross_entropy((h @ table[1:].T).masked_fill(excluded, -1e9), target[:, 0] - 1)
+    if config.loss == "softmax":
+        candidates = torch.arange(n_items + 1)
+        logits = h @ table.T
+        excluded = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, target, True)
+        excluded[:, 0] = True
+    else:
+        candidates = torch.randint(1, n_items + 1, (config.negatives,), generator=generator)
+        if config.in_batch_negatives:
+            # Mixed negative sampling: as many again drawn from the batch's positives, i.e.
+            # by popularity, which uniform negatives almost never are.
+            picks = torch.randint(0, len(target), (config.negatives,), generator=generator)
+            candidates = torch.cat([candidates, target[picks, 0]])
+        logits = h @ table[candidates].T
+        excluded = (candidates[None, None, :] == target[:, :, None]).any(1)
+    if log_count is not None:
+        # logQ correction (sampled softmax): subtract the log expected count of each
+        # item in the negative set, for the positives and the negatives alike.
+        logits = logits - log_count[candidates]
+        positive = positive - log_count[target]
+    if config.exclude_seen:
+        excluded = excluded | _seen_before(items, candidates)[real]
+    # Finite, not -inf: a row with every negative excluded must not give NaN gradients.
+    log_z = torch.logsumexp(logits.masked_fill(excluded, -1e9), dim=1, keepdim=True)
+    losses = torch.logaddexp(log_z, positive) - positive
+    return losses[present].mean()
+
+
+def _seen_before(items: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """(B, L, C): whether candidate c is among items[b, :t+1] (the history at step t)."""
+    hit = (items[:, :, None] == candidates[None, None, :]).to(torch.uint8)
+    return torch.cummax(hit, dim=1).values.bool()
+
+
+def _log_expected_count(config: SeqRecConfig, windows: _Windows, n_items: int) -> torch.Tensor:
+    """log E[times item i is among a batch's negatives]: K/n from the uniform draw plus
+    K * p(i) from the draw among positives (p: training target frequencies)."""
+    nexts = windows.targets[..., 0]
+    counts = np.bincount(nexts[nexts > 0], minlength=n_items + 1).astype(np.float64)
+    expected = config.negatives / n_items + config.negatives * counts / max(counts.sum(), 1.0)
+    return torch.from_numpy(np.log(np.maximum(expected, 1e-12))).float()
+
+
+# -- the trained artefact --------------------------------------------------------------------
+
+
+@contextmanager
+def _threads(threads: int) -> Iterator[None]:
+    """Run with `threads` intra-op threads, then restore (the setting is process-wide)."""
+    previous = torch.get_num_threads()
+    if previous != threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if previous != threads:
+            torch.set_num_threads(previous)
+
+
+class TrainedModel:
+    """A trained SequentialRecommender in eval mode, with what it was trained on.
+
+    Saved as a directory: `model.pt` (the state dict) and `config.json` (config,
+    data fingerprint, metrics, creation time, version id).
+    """
+
+    def __init__(self, module: SequentialRecommender, config: SeqRecConfig, event_types: list[str],
+                 metrics: dict[str, Any], training_seconds: float, fingerprint: str,
+                 created_at: str, version: str) -> None:
+        self.module = module.eval()
+        self.config = config
+        self.event_types = event_types
+        self.vocab = {name: i + 2 for i, name in enumerate(event_types)} if config.use_event_features else None
+        self.metrics = metrics
+        self.training_seconds = training_seconds
+        self.fingerprint = fingerprint
+        self.created_at = created_at
+        self.version = version
+        self._table: torch.Tensor | None = None
+
+    @property
+    def n_items(self) -> int:
+        return self.module.n_items
+
+    def item_table(self) -> torch.Tensor:
+        """Computed once: scoring is one small encoder pass and one matrix product."""
+        if self._table is None:
+            with torch.inference_mode():
+                self._table = self.module.item_table()
+        return self._table
+
+    def score_sequences(self, sequences: Sequence[Sequence[int]],
+                        features: Sequence[StepFeatures | None] | None = None) -> np.ndarray:
+        """Scores (len(sequences), n_items + 1) of each sequence's next item; column 0 is -inf.
+        Indices outside 1..n_items (items added after training) are skipped."""
+        users = []
+        for i, sequence in enumerate(sequences):
+            encoded = _encode_user(sequence, features[i] if features else None, self.vocab)
+            keep = (encoded.items >= 1) & (encoded.items <= self.n_items)
+            users.append(_Encoded(encoded.items[keep],
+                                  None if encoded.types is None else encoded.types[keep],
+                                  None if encoded.gaps is None else encoded.gaps[keep]))
+        length = max(1, min(self.config.max_len, max((len(u.items) for u in users), default=1)))
+        items = torch.from_numpy(_pad([u.items for u in users], length))
+        types = torch.from_numpy(_pad([u.types for u in users], length)) if self.vocab is not None else None
+        gaps = torch.from_numpy(_pad([u.gaps for u in users], length)) if self.vocab is not None else None
+        with _threads(1), torch.inference_mode():
+            table = self.item_table()
+            hidden, out = self.module.head(self.module.last(items, table, types, gaps), table)
+            scores = hidden @ out.T
+            scores[:, 0] = -torch.inf
+        return scores.numpy()
+
+    def score_sequence(self, item_indices: Sequence[int], features: StepFeatures | None = None) -> np.ndarray:
+        """Scores (n_items + 1,) of the next item after this sequence (oldest first)."""
+        return self.score_sequences([item_indices], [features] if features is not None else None)[0]
+
+    def add_items(self, text_vectors: np.ndarray) -> np.ndarray:
+        """Append items created after training, represented by their text alone; returns
+        their indices. Without the text path they score 0 (no representation)."""
+        vectors = torch.from_numpy(np.ascontiguousarray(text_vectors, dtype=np.float32)).reshape(-1, _text_dim(self.module))
+        module, count = self.module, len(vectors)
+        with torch.no_grad():
+            if module.item_ids is not None:
+                grown = nn.Embedding(module.n_items + 1 + count, module.config.width, padding_idx=0)
+                grown.weight[: module.n_items + 1] = module.item_ids.weight
+                grown.weight[module.n_items + 1 :] = 0.0
+                module.item_ids = grown
+            if module.text_proj is not None:
+                module.text = torch.cat([module.text, vectors])
+            module.id_mask = torch.cat([module.id_mask, torch.zeros(count, 1)])
+        first = module.n_items + 1
+        module.n_items += count
+        self._table = None
+        return np.arange(first, first + count)
+
+    def save(self, path: Path) -> Path:
+        """Write the artefact directory (replacing one already there)."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        tmp.mkdir(parents=True)
+        try:
+            torch.save(self.module.state_dict(), tmp / "model.pt")
+            (tmp / "config.json").write_text(json.dumps(self.describe(), indent=2))
+            if path.exists():
+                old = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.old")
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old)
+            else:
+                os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+        return path
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_VERSION, "version": self.version, "created_at": self.created_at,
+            "config": asdict(self.config), "n_items": self.n_items, "text_dim": _text_dim(self.module),
+            "event_types": self.event_types, "data_fingerprint": self.fingerprint,
+            "metrics": self.metrics, "training_seconds": self.training_seconds, "torch": torch.__version__,
+        }
+
+    @classmethod
+    def load(cls, path: Path) -> TrainedModel:
+        path = Path(path)
+        meta = json.loads((path / "config.json").read_text())
+        if meta.get("format") != FORMAT_VERSION:
+            raise ValueError(f"{path}: artefact format {meta.get('format')!r}, expected {FORMAT_VERSION}")
+        config = SeqRecConfig(**meta["config"])
+        module = SequentialRecommender(config, meta["n_items"], len(meta["event_types"]), meta["text_dim"])
+        module.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
+        return cls(module, config, list(meta["event_types"]), meta["metrics"], meta["training_seconds"],
+                   meta["data_fingerprint"], meta["created_at"], meta["version"])
+
+
+def _text_dim(module: SequentialRecommender) -> int:
+    return module.text.shape[1] if module.text_proj is not None else TEXT_DIM
+
+
+# -- training --------------------------------------------------------------------------------
+
+
+def fingerprint(sequences: Mapping[str, Sequence[int]], n_items: int, text_vectors: np.ndarray | None,
+                features: Mapping[str, StepFeatures] | None = None) -> str:
+    """What the model was trained on, as 16 hex digits (same data, same fingerprint)."""
+    digest = hashlib.sha256(f"{n_items}\n".encode())
+    for user in sorted(sequences):
+        digest.update(user.encode() + b"\t" + np.asarray(sequences[user], dtype=np.int64).tobytes())
+        if features and user in features:
+            digest.update("\x1f".join(features[user].types).encode())
+            digest.update(np.asarray(features[user].timestamps, dtype=np.float64).tobytes())
+    if text_vectors is not None:
+        digest.update(np.ascontiguousarray(text_vectors, dtype=np.float32).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _text_table(text_vectors: np.ndarray | None, n_items: int) -> torch.Tensor | None:
+    """Accept n_items rows (items 1..n) or n_items + 1 rows (row 0 padding)."""
+    if text_vectors is None:
+        return None
+    vectors = np.asarray(text_vectors, dtype=np.float32)
+    if len(vectors) == n_items:
+        vectors = np.vstack([np.zeros((1, vectors.shape[1]), dtype=np.float32), vectors])
+    if len(vectors) != n_items + 1:
+        raise ValueError(f"text_vectors has {len(vectors)} rows; expected {n_items} or {n_items + 1}")
+    vectors = vectors.copy()
+    vectors[0] = 0.0
+    return torch.from_numpy(vectors)
+
+
+def _validation(users: Sequence[_Encoded], config: SeqRecConfig, rng: np.random.Generator) -> _Validation:
+    """The last given item of each user (with a history before it) is the target."""
+    chosen = [u for u in users if len(u.items) >= 2]
+    if config.valid_users is not None and len(chosen) > config.valid_users:
+        keep = np.sort(rng.choice(len(chosen), config.valid_users, replace=False))
+        chosen = [chosen[i] for i in keep]
+    histories = [u.items[:-1] for u in chosen]
+    seen = None
+    if config.exclude_seen:
+        unique = [np.unique(h) for h in histories]
+        seen = _pad(unique, max((len(s) for s in unique), default=1))
+    return _Validation(
+        _pad(histories, config.max_len),
+        _pad([u.types[:-1] for u in chosen], config.max_len) if chosen and chosen[0].types is not None else None,
+        _pad([u.gaps[:-1] for u in chosen], config.max_len) if chosen and chosen[0].gaps is not None else None,
+        np.array([u.items[-1] for u in chosen], dtype=np.int64), seen,
+    )
+
+
+def _validate(module: SequentialRecommender, valid: _Validation, batch: int = 512) -> tuple[float, float]:
+    """(NDCG@10, HR@10) ranking each target against every item."""
+    if not len(valid.targets):
+        return 0.0, 0.0
+    module.eval()
+    ndcg = hits = 0.0
+    with torch.inference_mode():
+        table = module.item_table()
+        for start in range(0, len(valid.targets), batch):
+            rows = np.arange(start, min(start + batch, len(valid.targets)))
+            length = max(1, int((valid.items[rows] != 0).sum(1).max()))
+            items = _trim(valid.items, rows, length)
+            assert items is not None
+            hidden = module.last(items, table, _trim(valid.types, rows, length), _trim(valid.gaps, rows, length))
+            hidden, out = module.head(hidden, table)
+            scores = hidden @ out.T
+            scores[:, 0] = -torch.inf
+            targets = torch.from_numpy(valid.targets[rows])
+            target_scores = scores.gather(1, targets[:, None])  # the target always competes
+            if valid.seen is not None:
+                scores.scatter_(1, torch.from_numpy(valid.seen[rows]), -torch.inf)
+            rank = (scores > target_scores).sum(1).double()
+            inside = rank < 10
+            ndcg += float((inside / torch.log2(rank + 2)).sum())
+            hits += float(inside.sum())
+    module.train()
+    return ndcg / len(valid.targets), hits / len(valid.targets)
+
+
+def train_sequential(
+    sequences: Mapping[str, Sequence[int]],
+    n_items: int,
+    text_vectors: np.ndarray | None,
+    config: SeqRecConfig,
+    progress: Callable[[EpochReport], None] | None = None,
+    *,
+    features: Mapping[str, StepFeatures] | None = None,
+    quiet: bool = True,
+) -> TrainedModel:
+    """Train on each user's sequence but its last item, which is the validation target
+    (early stopping on its NDCG@10, full ranking). For leave-one-out testing, pass
+    sequences without the test item: training then sees all but the last two.
+    With config.holdout False, train on everything for config.epochs (a refit).
+
+    `sequences`: user -> item indices in 1..n_items, oldest first. `text_vectors`:
+    (n_items or n_items + 1) x dim, zero rows where an item has no text. `features`:
+    per-user event tokens and timestamps (used when config.use_event_features).
+    """
+    if config.use_text and text_vectors is None:
+        raise ValueError("config.use_text needs text_vectors")
+    if config.use_event_features and features is None:
+        raise ValueError("config.use_event_features needs features")
+    started = time.perf_counter()
+    rng = np.random.default_rng(config.seed)
+    users_sorted = sorted(sequences)
+    event_types = sorted({t for f in (features or {}).values() for t in f.types}) if config.use_event_features else []
+    vocab = {name: i + 2 for i, name in enumerate(event_types)} if config.use_event_features else None
+    users = [_encode_user(sequences[u], (features or {}).get(u), vocab) for u in users_sorted]
+    for user in users:
+        if len(user.items) and (user.items.min() < 1 or user.items.max() > n_items):
+            raise ValueError("item indices must lie in 1..n_items")
+    if config.holdout:
+        train_users = [_Encoded(u.items[:-1], None if u.types is None else u.types[:-1],
+                                None if u.gaps is None else u.gaps[:-1]) for u in users]
+    else:
+        train_users = users
+    windows = _training_windows(train_users, config.max_len, config.horizon)
+    valid = _validation(users, config, rng) if config.holdout else None
+    if not len(windows.lengths):
+        raise ValueError("no training data: users need more items")
+
+    with torch.random.fork_rng(devices=[]), _threads(config.threads):
+        torch.manual_seed(config.seed)
+        generator = torch.Generator().manual_seed(config.seed)
+        module = SequentialRecommender(config, n_items, len(event_types), text_vectors.shape[1] if text_vectors is not None else TEXT_DIM)
+        text = _text_table(text_vectors, n_items)
+        if text is not None and config.use_text:
+            module.set_text(text, config.whiten_text)
+        with torch.no_grad():
+            trained = np.zeros(n_items + 1, dtype=bool)
+            trained[windows.items[windows.items > 0]] = True
+            trained[windows.targets[windows.targets > 0]] = True
+            module.id_mask.copy_(torch.from_numpy(trained.astype(np.float32))[:, None])
+        optimiser = torch.optim.AdamW(module.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                                      betas=(0.9, 0.98))
+        log_count = (_log_expected_count(config, windows, n_items)
+                     if config.loss == "sampled_softmax" and config.in_batch_negatives else None)
+
+        best = (-1.0, 0.0)
+        best_epoch, stale = 0, 0
+        best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        history: list[dict[str, float]] = []
+        stopped = "epochs"
+        with progress_bar("training sequential model", config.epochs, quiet=quiet) as advance:
+            for epoch in range(1, config.epochs + 1):
+                epoch_started = time.perf_counter()
+                module.train()
+                total, count = 0.0, 0
+                for rows in _batches(windows.lengths, config.batch_size, rng):
+                    length = int(windows.lengths[rows].max())
+                    items = _trim(windows.items, rows, length)
+                    targets = _trim(windows.targets, rows, length)
+                    assert items is not None and targets is not None
+                    table = module.item_table()
+                    hidden = module.encode(items, table, _trim(windows.types, rows, length),
+                                           _trim(windows.gaps, rows, length))
+                    hidden, out = module.head(hidden, table)
+                    loss = _objective(config, hidden, items, targets, out, generator, log_count)
+                    real = targets[..., 0] > 0
+                    optimiser.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if config.grad_clip:
+                        nn.utils.clip_grad_norm_(module.parameters(), config.grad_clip)
+                    optimiser.step()
+                    total += float(loss.detach()) * int(real.sum())
+                    count += int(real.sum())
+                if valid is None:
+                    ndcg = hr = float("nan")
+                    best_epoch = epoch
+                else:
+                    ndcg, hr = _validate(module, valid)
+                    if ndcg > best[0]:
+                        best, best_epoch, stale = (ndcg, hr), epoch, 0
+                        best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+                    else:
+                        stale += 1
+                now = time.perf_counter()
+                elapsed = now - started
+                per_epoch = (now - started) / epoch
+                eta = per_epoch * min(config.epochs - epoch, config.patience - stale)
+                if config.max_seconds is not None:
+                    eta = min(eta, max(0.0, config.max_seconds - elapsed))
+                history.append({"epoch": epoch, "loss": total / max(count, 1), "valid_ndcg10": ndcg,
+                                "valid_hr10": hr, "seconds": now - epoch_started})
+                advance(1)
+                if progress is not None:
+                    progress(EpochReport(epoch, config.epochs, total / max(count, 1), ndcg, hr, best_epoch,
+                                         now - epoch_started, elapsed, eta))
+                if stale >= config.patience:
+                    stopped = "patience"
+                    break
+                if config.max_seconds is not None and elapsed + per_epoch > config.max_seconds:
+                    stopped = "time budget"
+                    break
+        if valid is not None:
+            module.load_state_dict(best_state)
+        module.eval()
+
+    seconds = time.perf_counter() - started
+    metrics: dict[str, Any] = {
+        "valid_ndcg10": best[0] if valid is not None else None,
+        "valid_hr10": best[1] if valid is not None else None, "best_epoch": best_epoch,
+        "epochs_run": len(history), "stopped_by": stopped, "train_windows": int(len(windows.lengths)),
+        "train_positions": int(windows.lengths.sum()), "valid_users": int(len(valid.targets)) if valid is not None else 0,
+        "history": history,
+    }
+    data_fingerprint = fingerprint(sequences, n_items, text_vectors, features if config.use_event_features else None)
+    created = datetime.now(timezone.utc)
+    weights = hashlib.sha256(data_fingerprint.encode())
+    for name, tensor in module.state_dict().items():
+        weights.update(name.encode() + tensor.numpy().tobytes())
+    version = f"seqrec-{created:%Y%m%dT%H%M%S}-{weights.hexdigest()[:8]}"
+    return TrainedModel(module, config, event_types, metrics, seconds, data_fingerprint,
+                        created.isoformat(timespec="seconds"), version)

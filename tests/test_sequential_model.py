@@ -1,0 +1,171 @@
+"""The behaviour model on a tiny synthetic dataset with a planted pattern: within each
+user's sequence, item i is followed by item i + 1 (wrapping around)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kairos.models import EpochReport, SeqRecConfig, StepFeatures, TrainedModel, train_sequential
+
+N_SEEN = 30  # items 1..30 occur in sequences
+N_ITEMS = 31  # item 31 has a text but no interaction at all
+TINY = SeqRecConfig(depth=1, width=16, heads=1, dropout=0.1, max_len=16, batch_size=16, lr=5e-3,
+                    epochs=30, patience=30, seed=7, threads=1)
+
+
+def planted(users: int = 80, seed: int = 0) -> dict[str, list[int]]:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for u in range(users):
+        start, length = int(rng.integers(N_SEEN)), int(rng.integers(6, 13))
+        out[f"u{u:03d}"] = [(start + k) % N_SEEN + 1 for k in range(length)]
+    return out
+
+
+def text_vectors(seed: int = 1) -> np.ndarray:
+    vectors = np.random.default_rng(seed).normal(size=(N_ITEMS, 384)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def hit_rate_at_10(scores: np.ndarray, targets: list[int]) -> float:
+    hits = 0
+    for row, target in zip(scores, targets, strict=True):
+        hits += int((row > row[target]).sum() < 10)
+    return hits / len(targets)
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[dict[str, list[int]], dict[str, list[int]], list[int]]:
+    full = planted()
+    given = {u: s[:-1] for u, s in full.items()}  # the test item never reaches training
+    return full, given, [full[u][-1] for u in sorted(full)]
+
+
+@pytest.fixture(scope="module")
+def trained(data: tuple) -> tuple[TrainedModel, list[EpochReport]]:
+    _, given, _ = data
+    reports: list[EpochReport] = []
+    model = train_sequential(given, N_ITEMS, text_vectors(), TINY, reports.append)
+    return model, reports
+
+
+def test_training_learns_the_pattern_and_beats_popularity(data: tuple, trained: tuple) -> None:
+    full, given, targets = data
+    model, reports = trained
+    assert reports[-1].loss < 0.7 * reports[0].loss
+    assert [r.epoch for r in reports] == list(range(1, len(reports) + 1))
+    assert model.metrics["valid_ndcg10"] > 0.5
+    scores = model.score_sequences([given[u] for u in sorted(full)])
+    popularity = np.bincount(np.concatenate([s[:-1] for s in given.values()]), minlength=N_ITEMS + 1).astype(float)
+    popularity[0] = -np.inf
+    model_hr = hit_rate_at_10(scores, targets)
+    popular_hr = hit_rate_at_10(np.tile(popularity, (len(targets), 1)), targets)
+    assert model_hr >= 0.9
+    assert model_hr > popular_hr + 0.3
+
+
+def test_save_load_round_trips_bit_exactly(data: tuple, trained: tuple, tmp_path: Path) -> None:
+    _, given, _ = data
+    model, _ = trained
+    sequences = [given[u] for u in sorted(given)][:20]
+    path = model.save(tmp_path / "seqrec")
+    assert {p.name for p in path.iterdir()} == {"model.pt", "config.json"}
+    loaded = TrainedModel.load(path)
+    assert loaded.version == model.version and loaded.version.startswith("seqrec-")
+    assert loaded.fingerprint == model.fingerprint and loaded.config == model.config
+    assert np.array_equal(loaded.score_sequences(sequences), model.score_sequences(sequences))
+    model.save(path)  # replacing an artefact in place works
+    assert np.array_equal(TrainedModel.load(path).score_sequence([3, 4, 5]), model.score_sequence([3, 4, 5]))
+
+
+def test_an_item_never_seen_in_training_still_scores(trained: tuple) -> None:
+    model, _ = trained
+    assert float(model.module.id_mask[N_ITEMS]) == 0.0  # text only
+    with_cold = model.score_sequence([4, 5, N_ITEMS])
+    without = model.score_sequence([4, 5])
+    assert with_cold.shape == (N_ITEMS + 1,) and np.isneginf(with_cold[0])
+    assert np.isfinite(with_cold[1:]).all() and with_cold[N_ITEMS] != 0.0
+    assert not np.array_equal(with_cold, without)
+
+
+def test_items_added_after_training_are_scored_from_their_text(tmp_path: Path) -> None:
+    model = train_sequential(planted(20), N_ITEMS, text_vectors(), SeqRecConfig(**{**vars(TINY), "epochs": 1}))
+    new = model.add_items(text_vectors(seed=9)[:2])
+    assert new.tolist() == [N_ITEMS + 1, N_ITEMS + 2]
+    scores = model.score_sequence([1, 2, int(new[0])])
+    assert scores.shape == (N_ITEMS + 3,) and np.isfinite(scores[1:]).all()
+    loaded = TrainedModel.load(model.save(tmp_path / "grown"))
+    assert np.array_equal(loaded.score_sequence([1, 2, int(new[0])]), scores)
+
+
+def test_training_is_deterministic_under_the_seed() -> None:
+    config = SeqRecConfig(**{**vars(TINY), "epochs": 3, "loss": "sampled_softmax", "negatives": 8})
+    sequences = planted(40)
+    first = train_sequential(sequences, N_ITEMS, text_vectors(), config)
+    second = train_sequential(sequences, N_ITEMS, text_vectors(), config)
+    probe = [sequences[u] for u in sorted(sequences)]
+    assert first.fingerprint == second.fingerprint
+    assert np.array_equal(first.score_sequences(probe), second.score_sequences(probe))
+    third = train_sequential(sequences, N_ITEMS, text_vectors(), SeqRecConfig(**{**vars(config), "seed": 8}))
+    assert not np.array_equal(first.score_sequences(probe), third.score_sequences(probe))
+
+
+@pytest.mark.parametrize(("loss", "exclude_seen", "horizon"), [
+    ("bce", False, 1), ("bce", False, 3), ("sampled_softmax", False, 1), ("sampled_softmax", True, 3),
+    ("softmax", True, 1), ("softmax", False, 3), ("softmax", True, 3)])
+def test_other_objectives_and_ids_only_train(loss: str, exclude_seen: bool, horizon: int) -> None:
+    config = SeqRecConfig(**{**vars(TINY), "epochs": 3, "loss": loss, "negatives": 8, "use_text": False,
+                             "exclude_seen": exclude_seen, "horizon": horizon})
+    model = train_sequential(planted(30), N_ITEMS, None, config)
+    history = model.metrics["history"]
+    assert len(history) == 3 and history[-1]["loss"] < history[0]["loss"]
+    assert np.isfinite(model.score_sequence([1, 2])[1:]).all()
+
+
+def test_event_features_train_and_round_trip(tmp_path: Path) -> None:
+    sequences = planted(30)
+    features = {
+        u: StepFeatures([("rating:5" if i % 2 else "rating:1") for i in range(len(s))],
+                        [1_700_000_000.0 + 3600.0 * i * i for i in range(len(s))])
+        for u, s in sequences.items()
+    }
+    config = SeqRecConfig(**{**vars(TINY), "epochs": 2, "use_event_features": True})
+    model = train_sequential(sequences, N_ITEMS, text_vectors(), config, features=features)
+    assert model.event_types == ["rating:1", "rating:5"]
+    probe = StepFeatures(["rating:5", "click"], [0.0, 60.0])  # an unknown type is allowed
+    scores = model.score_sequence([1, 2], probe)
+    assert not np.array_equal(scores, model.score_sequence([1, 2], StepFeatures(["rating:1", "rating:1"], [0.0, 1e6])))
+    loaded = TrainedModel.load(model.save(tmp_path / "events"))
+    assert np.array_equal(loaded.score_sequence([1, 2], probe), scores)
+
+
+def test_sequences_longer_than_max_len_are_windowed_and_truncated() -> None:
+    sequences = planted(20)
+    config = SeqRecConfig(**{**vars(TINY), "epochs": 1, "max_len": 4})
+    model = train_sequential(sequences, N_ITEMS, text_vectors(), config)
+    positions = sum(len(s) - 2 for s in sequences.values())  # all but the validation item, each predicted once
+    assert model.metrics["train_positions"] == positions
+    assert model.metrics["train_windows"] > len(sequences)
+    long = list(range(1, 12))
+    assert np.array_equal(model.score_sequence(long), model.score_sequence(long[-4:]))
+
+
+def test_a_refit_trains_on_every_item_for_the_given_epochs() -> None:
+    sequences = planted(20)
+    model = train_sequential(sequences, N_ITEMS, text_vectors(), SeqRecConfig(**{**vars(TINY), "epochs": 2, "holdout": False}))
+    assert model.metrics["epochs_run"] == 2 and model.metrics["valid_ndcg10"] is None
+    assert model.metrics["train_positions"] == sum(len(s) - 1 for s in sequences.values())
+
+
+def test_bad_inputs_are_refused() -> None:
+    with pytest.raises(ValueError):
+        SeqRecConfig(loss="hinge")
+    with pytest.raises(ValueError):
+        SeqRecConfig(use_ids=False, use_text=False)
+    with pytest.raises(ValueError):
+        train_sequential({"u": [1, 2, 99]}, N_ITEMS, None, SeqRecConfig(use_text=False))
+    with pytest.raises(ValueError):
+        train_sequential({"u": [1, 2, 3]}, N_ITEMS, None, SeqRecConfig(use_text=True))
