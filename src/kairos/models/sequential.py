@@ -15,8 +15,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kairos.progress import progress as progress_bar
+from kairos.threads import torch_threads
 
 FORMAT_VERSION = 1
 TEXT_DIM = 384
@@ -434,18 +434,6 @@ def _log_expected_count(config: SeqRecConfig, windows: _Windows, n_items: int) -
 # -- the trained artefact --------------------------------------------------------------------
 
 
-@contextmanager
-def _threads(threads: int) -> Iterator[None]:
-    """Run with `threads` intra-op threads, then restore (the setting is process-wide)."""
-    previous = torch.get_num_threads()
-    if previous != threads:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        if previous != threads:
-            torch.set_num_threads(previous)
-
 
 class TrainedModel:
     """A trained SequentialRecommender in eval mode, with what it was trained on.
@@ -494,7 +482,7 @@ class TrainedModel:
         items = torch.from_numpy(_pad([u.items for u in users], length))
         types = torch.from_numpy(_pad([u.types for u in users], length)) if self.vocab is not None else None
         gaps = torch.from_numpy(_pad([u.gaps for u in users], length)) if self.vocab is not None else None
-        with _threads(1), torch.inference_mode():
+        with torch_threads(1), torch.inference_mode():
             table = self.item_table()
             hidden, out = self.module.head(self.module.last(items, table, types, gaps), table)
             scores = hidden @ out.T
@@ -690,7 +678,7 @@ def train_sequential(
     if not len(windows.lengths):
         raise ValueError("no training data: users need more items")
 
-    with torch.random.fork_rng(devices=[]), _threads(config.threads):
+    with torch.random.fork_rng(devices=[]), torch_threads(config.threads):
         torch.manual_seed(config.seed)
         generator = torch.Generator().manual_seed(config.seed)
         module = SequentialRecommender(config, n_items, len(event_types), text_vectors.shape[1] if text_vectors is not None else TEXT_DIM)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from kairos.progress import progress
+from kairos.threads import torch_threads
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
 PACKAGED_NAME = "all-MiniLM-L6-v2"
@@ -80,7 +81,7 @@ class TorchEncoder(TextEncoder):
         self._lock = threading.Lock()
 
     def _embed(self, texts: list[str]) -> np.ndarray:
-        with self._lock, _torch_threads(self.threads):
+        with self._lock, torch_threads(self.threads):
             return self._model.encode(
                 texts, batch_size=len(texts), normalize_embeddings=True,
                 convert_to_numpy=True, show_progress_bar=False,
@@ -267,20 +268,6 @@ def _atomic_target(target: Path) -> Iterator[Path]:
     finally:
         tmp.unlink(missing_ok=True)
 
-
-@contextmanager
-def _torch_threads(threads: int) -> Iterator[None]:
-    """Run with `threads` intra-op threads, then restore: the setting is process-wide."""
-    import torch
-
-    previous = torch.get_num_threads()
-    if previous != threads:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        if previous != threads:
-            torch.set_num_threads(previous)
 
 
 def _normalise(rows: np.ndarray) -> np.ndarray:
