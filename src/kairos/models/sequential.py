@@ -434,7 +434,6 @@ def _log_expected_count(config: SeqRecConfig, windows: _Windows, n_items: int) -
 # -- the trained artefact --------------------------------------------------------------------
 
 
-
 class TrainedModel:
     """A trained SequentialRecommender in eval mode, with what it was trained on.
 
