@@ -59,14 +59,17 @@ def free_port() -> int:
 class Server:
     """`kairos serve` in a subprocess on 127.0.0.1: the real thing, as users run it."""
 
-    def __init__(self, db_path: Path) -> None:
+    def __init__(self, db_path: Path, env: dict[str, str] | None = None) -> None:
         self.db_path = db_path
+        # No background training unless a test asks for it: it would take a core.
+        self.env = {"KAIROS_SEQUENTIAL_AUTO_TRAIN": "false", "KAIROS_SEQUENTIAL_RETRAIN_INTERVAL_S": "0",
+                    **(env or {})}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> Server:
-        env = dict(os.environ, KAIROS_DB_PATH=str(self.db_path))
+        env = dict(os.environ, KAIROS_DB_PATH=str(self.db_path), **self.env)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "kairos", "serve", "--port", str(self.port)],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -107,8 +110,8 @@ class Server:
 def server_factory(tmp_path: Path) -> Iterator[type[Server] | object]:
     started: list[Server] = []
 
-    def make(db_path: Path | None = None) -> Server:
-        server = Server(db_path or tmp_path / "server.db").start()
+    def make(db_path: Path | None = None, env: dict[str, str] | None = None) -> Server:
+        server = Server(db_path or tmp_path / "server.db", env).start()
         started.append(server)
         return server
 

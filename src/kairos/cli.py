@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -174,6 +174,114 @@ def stats(db: DbOption = None) -> None:
     engine.close()
 
 
+def _config_overrides(config: str | None, assignments: list[str] | None) -> dict[str, Any]:
+    """--config '{"width": 128}' and --set width=128 (values as JSON, else strings)."""
+    import json
+
+    overrides: dict[str, Any] = {}
+    if config:
+        try:
+            overrides.update(json.loads(config))
+        except json.JSONDecodeError as error:
+            raise typer.BadParameter(f"not JSON: {error}", param_hint="--config") from None
+        if not isinstance(overrides, dict):
+            raise typer.BadParameter("must be a JSON object", param_hint="--config")
+    for assignment in assignments or []:
+        key, sep, value = assignment.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{assignment!r} is not FIELD=VALUE", param_hint="--set")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
+
+
+@app.command()
+def train(
+    db: DbOption = None,
+    model_dir: Annotated[Path | None, typer.Option(help="Model registry (default: <db>.models).")] = None,
+    preset: Annotated[str | None, typer.Option(help="auto, long (MovieLens-like) or short (Amazon-like).")]
+    = None,
+    config: Annotated[str | None, typer.Option(help="SeqRecConfig fields as JSON, over the preset.")] = None,
+    assign: Annotated[list[str] | None, typer.Option("--set", help="One SeqRecConfig field, FIELD=VALUE.")]
+    = None,
+    publish_model: Annotated[bool, typer.Option("--publish/--no-publish",
+                                                help="Make it the served version (a running server "
+                                                     "swaps to it within KAIROS_MODEL_POLL_S).")] = True,
+    json_lines: Annotated[bool, typer.Option("--json", help="Progress as JSON lines on stdout.")] = False,
+) -> None:
+    """Train the sequential behaviour model on the event log and publish a new version."""
+    import json
+
+    from kairos.models import EpochReport
+    from kairos.training.pipeline import NotEnoughData, publish, registry, train_from_store
+
+    settings = _settings(db)
+    updates: dict[str, Any] = {}
+    if model_dir is not None:
+        updates["model_dir"] = model_dir
+    if preset is not None:
+        if preset not in ("auto", "long", "short"):
+            raise typer.BadParameter("one of auto, long, short", param_hint="--preset")
+        updates["sequential_preset"] = preset
+    settings = settings.model_copy(update=updates)
+    overrides = _config_overrides(config, assign)
+    engine = Engine(settings, rebuild=False)  # the store and the embedding caches, no online state
+
+    def report(r: EpochReport) -> None:
+        line = {"epoch": r.epoch, "epochs": r.epochs, "loss": round(r.loss, 5),
+                "valid_ndcg10": round(r.valid_ndcg10, 5), "valid_hr10": round(r.valid_hr10, 5),
+                "best_epoch": r.best_epoch, "seconds": round(r.seconds, 2), "elapsed": round(r.elapsed, 1),
+                "eta_seconds": round(r.eta_seconds, 1)}
+        if json_lines:
+            print(json.dumps(line), flush=True)
+        else:
+            console.print(f"epoch {r.epoch}: loss {r.loss:.4f}, valid NDCG@10 {r.valid_ndcg10:.4f} "
+                          f"HR@10 {r.valid_hr10:.4f} (best epoch {r.best_epoch}), {r.seconds:.1f}s, "
+                          f"at most {r.eta_seconds:.0f}s left")
+
+    try:
+        run = train_from_store(engine.store, settings,
+                               engine.semantic.embed if engine.semantic is not None else None,
+                               report, overrides, quiet=json_lines)
+    except (NotEnoughData, ValueError, TypeError) as error:
+        engine.close()
+        raise _fail(error) from None
+    metrics = {k: v for k, v in run.model.metrics.items() if k != "history"}
+    if publish_model:
+        path = publish(run, registry(settings, engine.store_path()))
+        where = f"published to {path}"
+    else:
+        where = "not published (--no-publish)"
+    engine.close()
+    if json_lines:
+        print(json.dumps({"published" if publish_model else "trained": run.model.version, "metrics": metrics}),
+              flush=True)
+    else:
+        console.print(f"[green]trained[/] {run.model.version} ({run.preset} preset, "
+                      f"{run.model.training_seconds:.0f}s): valid NDCG@10 {metrics['valid_ndcg10']:.4f}, "
+                      f"HR@10 {metrics['valid_hr10']:.4f}, best epoch {metrics['best_epoch']}; {where}")
+
+
+@app.command()
+def models(db: DbOption = None) -> None:
+    """The versions in the model registry; the current one is served."""
+    from kairos.training.pipeline import registry
+
+    target = registry(_settings(db))
+    current = target.current_version()
+    table = Table(title=f"Models in {target.root}")
+    for column in ("version", "created", "valid NDCG@10", "valid HR@10", "training s", "served"):
+        table.add_column(column)
+    for entry in target.versions():
+        metrics = entry["metrics"]
+        table.add_row(entry["version"], entry["created_at"] or "", f"{metrics.get('valid_ndcg10') or 0:.4f}",
+                      f"{metrics.get('valid_hr10') or 0:.4f}", f"{entry['training_seconds'] or 0:.0f}",
+                      "yes" if entry["version"] == current else "")
+    console.print(table)
+
+
 @app.command()
 def demo(
     db: Annotated[Path, typer.Option("--db", help="Database for the demo.")] = Path("kairos-demo.db"),
@@ -221,8 +329,12 @@ def evaluate(
     cold_share: Annotated[float, typer.Option(help="coldstart: share of items held out of training.")] = 0.1,
     decay: Annotated[bool, typer.Option("--decay/--no-decay", help="replay: serving time decay.")] = True,
     seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
+    sequential_config: Annotated[str | None, typer.Option(
+        help="Behaviour model: SeqRecConfig fields as JSON over the preset, e.g. '{\"epochs\": 5}'.")] = None,
 ) -> None:
-    """Measure models through the serving Engine; print tables, write a report and plots."""
+    """Measure models through the serving Engine; print tables, write a report and plots.
+    Models that read the sequential source train the behaviour model on the protocol's
+    training events first (as `kairos train` does)."""
     import sys
 
     from kairos.evaluation.report import print_result, write_outputs
@@ -234,7 +346,7 @@ def evaluate(
         models=[m.strip() for m in models.split(",") if m.strip()] if models else None, mask_history=mask_history, split=split,
         core=core, max_users=max_users, max_events=max_events, cut=cut, window_days=window_days,
         cold_share=cold_share,
-        decay=decay, seed=seed,
+        decay=decay, seed=seed, sequential=_config_overrides(sequential_config, None) or None,
     )
     try:
         dataset, results = run_evaluation(data, protocol, options)

@@ -66,7 +66,7 @@ class Settings(BaseSettings):
 
     # Recommendation path
     source_weights: dict[str, float] = Field(
-        default_factory=lambda: {"covisit": 1.0, "semantic": 0.2, "popular": 0.3, "fresh": 0.01},
+        default_factory=lambda: {"covisit": 1.0, "sequential": 1.0, "semantic": 0.2, "popular": 0.3, "fresh": 0.01},
         description="Fusion weight of each candidate source; a source absent here is off.",
     )
     covisit_recent_items: int = Field(
@@ -117,6 +117,29 @@ class Settings(BaseSettings):
     vector_exact_max: int = Field(
         default=20_000, ge=1, description="Exact vector search up to this many items, HNSW above (see docs/benchmarks.md)."
     )
+
+    # Behaviour model: the sequential transformer (kairos.models, kairos.training)
+    model_dir: Path | None = Field(
+        default=None, description="Model registry folder; default: <db_path>.models beside the database.")
+    sequential_preset: Literal["auto", "long", "short"] = Field(
+        default="auto", description="Training preset: long (MovieLens-like, max length 200), short "
+        "(Amazon-like, 50), or auto: long when the median user sequence is at least "
+        "`sequential_long_median` visits.")
+    sequential_long_median: int = Field(default=20, ge=1, description="See sequential_preset.")
+    sequential_config: dict[str, Any] = Field(
+        default_factory=dict, description="SeqRecConfig fields over the preset, e.g. {\"width\": 128}.")
+    sequential_auto_train: bool = Field(
+        default=True, description="`kairos serve` trains in the background when there is no model yet "
+        "and the log holds at least `sequential_min_events` events.")
+    sequential_min_events: int = Field(default=1000, ge=1, description="See sequential_auto_train.")
+    sequential_retrain_interval_s: float = Field(
+        default=DAY, ge=0, description="A server retrains in the background this long after the current "
+        "model was trained, if `sequential_min_new_events` events arrived since; 0 = never.")
+    sequential_min_new_events: int = Field(default=1000, ge=1, description="See sequential_retrain_interval_s.")
+    model_poll_s: float = Field(
+        default=2.0, gt=0, description="How often a server looks for a newer model in the registry "
+        "(one trained by `kairos train` in another process is picked up this way).")
+    models_kept: int = Field(default=3, ge=1, description="Versions kept in the registry.")
 
     @classmethod
     def settings_customise_sources(

@@ -4,10 +4,14 @@ Where an event goes:        Engine.ingest -> Store.append_events (commit) -> Onl
                             (-> SemanticState.apply: the user's semantic profile)
 Where a recommendation
 comes from:                 Engine.recommend -> UserContext -> sources -> fusion -> items
+                            (sources/sequential.py: the transformer on the live sequence)
+Where a model comes from:   training/ (kairos train, background retraining) -> registry
+                            -> Engine.install_model (an atomic swap)
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -23,12 +27,17 @@ from kairos.ranking import Fused, reciprocal_rank_fusion
 from kairos.schema import Event, Item, ItemFields, Recommendations, RecommendedItem, SequenceEntry
 from kairos.schema import SearchResults, SimilarItems, User, UserView
 from kairos.sources import CandidateSource, Candidates, CovisitSource, UserContext, build_sources
+from kairos.sources.sequential import ServedSequential
 from kairos.state import Catalog, OnlineState
 from kairos.state.semantic import SemanticState
 from kairos.store import EventRecord, ItemRecord, SQLiteStore, Store, UserRecord
+from kairos.training.pipeline import registry as model_registry
+from kairos.training.registry import ModelRegistry, RegisteredModel
 
 if TYPE_CHECKING:
     from kairos.text.encoder import TextEncoder
+
+log = logging.getLogger(__name__)
 
 ONLINE_MODEL_VERSION = "online-1"
 SIMILAR_METHODS = ("hybrid", "semantic", "covisit")
@@ -93,6 +102,7 @@ class Engine:
         self.clock: Clock = clock or WallClock()
         self._lock = threading.RLock()
         self.semantic: SemanticState | None = None
+        self.registered: RegisteredModel | None = None  # the behaviour model served, as trained
         self._reset_state()
         self.rebuild_seconds = 0.0
         if rebuild:
@@ -121,7 +131,19 @@ class Engine:
                     self.semantic.apply(batch, self.settings.event_weight)
                 if progress:
                     progress(len(batch))
+            if self.registered is not None:
+                self.state.sequential = self._served(self.registered)
+            else:
+                self._load_model_at_start()
         self.rebuild_seconds = time.perf_counter() - started
+
+    def _load_model_at_start(self) -> None:
+        try:
+            self.load_current_model()
+        except (OSError, ValueError, RuntimeError, KeyError):
+            # A damaged artefact must not keep the service down: serve without it.
+            log.exception("could not load the current model from %s; serving without it",
+                          self.model_registry().root)
 
     def _reset_state(self) -> None:
         """Empty catalogue, online state, semantic state and sources over them."""
@@ -161,9 +183,49 @@ class Engine:
                 self.semantic.close()
             self.store.close()
 
+    # -- the behaviour model ---------------------------------------------------------------
+
+    def model_registry(self) -> ModelRegistry:
+        return model_registry(self.settings, self.store_path())
+
+    def load_current_model(self) -> str | None:
+        """Serve the registry's current version if it is not served already; returns
+        the version served afterwards (None: there is no model)."""
+        registry = self.model_registry()
+        version = registry.current_version()
+        if version is None or version == self.sequential_version:
+            return self.sequential_version
+        registered = registry.load(version)
+        if registered is not None:
+            self.install_model(registered)
+        return self.sequential_version
+
+    def install_model(self, registered: RegisteredModel) -> None:
+        """Swap the served behaviour model. The new one is aligned with the catalogue and
+        warmed up first; requests see either the old model or the new, never a mix."""
+        served = self._served(registered)
+        with self._lock:
+            served.align()  # items may have arrived while it warmed up
+            self.registered = registered
+            self.state.sequential = served
+
+    def _served(self, registered: RegisteredModel) -> ServedSequential:
+        with self._lock:
+            lookup = self.semantic.item_vector if self.semantic is not None else None
+            served = ServedSequential(registered.model, registered.item_ids, self.catalog, lookup)
+        served.model.score_sequence([1])  # first-call costs (allocations, kernels) before serving
+        return served
+
+    @property
+    def sequential_version(self) -> str | None:
+        served = self.state.sequential
+        return served.version if served is not None else None
+
     @property
     def model_version(self) -> str:
-        return ONLINE_MODEL_VERSION
+        """What answered: the online state, plus the behaviour model's version when one serves."""
+        served = self.state.sequential
+        return f"{ONLINE_MODEL_VERSION}+{served.version}" if served is not None else ONLINE_MODEL_VERSION
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -209,6 +271,9 @@ class Engine:
             if self.semantic is not None:
                 # Encoded and indexed before we answer: a new item is retrievable at once.
                 self.semantic.sync_items(records, show_progress=len(records) >= 1000)
+            if self.state.sequential is not None:
+                # ... and the behaviour model represents it from its text.
+                self.state.sequential.add_items([self.catalog.index[r.item_id] for r in records])
         return records
 
     def upsert_item(self, item_id: str, fields: ItemFields) -> ItemRecord:

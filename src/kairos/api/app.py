@@ -1,15 +1,17 @@
 """The FastAPI app factory. The contract of /v1 is fixed: extend it, don't change it."""
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
 from fastapi import Body, Depends, FastAPI, Path, Query, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kairos import __version__
-from kairos.api.errors import install_error_handlers
+from kairos.api.errors import error_body, install_error_handlers
 from kairos.api.metrics import ApiMetrics, RequestMiddleware
 from kairos.engine import Engine
 from kairos.schema import (
@@ -24,6 +26,8 @@ from kairos.schema import (
     UserView,
 )
 from kairos.store import ItemRecord
+from kairos.training.background import ModelManager, TrainingInProgress
+from kairos.training.pipeline import check_overrides
 
 ItemId = Annotated[str, Path(min_length=1, max_length=256)]
 UserId = Annotated[str, Path(min_length=1, max_length=256)]
@@ -67,6 +71,14 @@ class Forgotten(BaseModel):
     events_deleted: int
 
 
+class TrainRequest(BaseModel):
+    """Optional SeqRecConfig fields over the preset, e.g. {"config": {"width": 128}}."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    config: dict[str, Any] = {}
+
+
 class FormBodyAsJson:
     """`curl -d '{...}'` sends JSON labelled as a form. No client means a form on /v1,
     so read such bodies as JSON rather than reject the most common first request."""
@@ -86,13 +98,28 @@ class FormBodyAsJson:
         await self.app(scope, receive, send)
 
 
-def create_app(engine: Engine) -> FastAPI:
+def create_app(engine: Engine, manage_models: bool = True) -> FastAPI:
+    """`manage_models`: follow the model registry and train in the background (see
+    training/background.py) for as long as the app runs."""
+    manager = ModelManager(engine)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if manage_models:
+            manager.start()
+        try:
+            yield
+        finally:
+            manager.stop()
+
     app = FastAPI(
         title="Kairos",
         version=__version__,
         description="Real-time personalized recommendation and push.",
+        lifespan=lifespan,
     )
     app.state.engine = engine
+    app.state.models = manager
     metrics = ApiMetrics(engine)
     app.state.metrics = metrics
     install_error_handlers(app)
@@ -192,6 +219,30 @@ def create_app(engine: Engine) -> FastAPI:
     ) -> SearchResults:
         """Semantic search over the catalogue with the language model."""
         return engine.search(q, n, user_id=user_id, request_id=request.state.request_id)
+
+    # -- models ---------------------------------------------------------------------------
+
+    @app.get("/v1/models", tags=["models"])
+    def get_models() -> dict[str, Any]:
+        """The model serving now (`model_version` as in every response), the background
+        training job if any (state, latest epoch, log tail), and the registry's versions."""
+        return manager.status()
+
+    @app.post("/v1/models/train", tags=["models"], status_code=202)
+    def train_model(request: TrainRequest | None = None) -> Any:
+        """Train the sequential model in a background process on the event log; the
+        engine swaps to the new version when it is published. 409 while one runs."""
+        overrides = request.config if request else {}
+        try:
+            check_overrides(overrides)
+        except ValueError as error:
+            return JSONResponse(error_body("validation_error", f"config: {error}",
+                                           [{"field": "config", "message": str(error)}]), status_code=422)
+        try:
+            job = manager.train("requested", overrides or None)
+        except TrainingInProgress as error:
+            return JSONResponse(error_body("training_in_progress", str(error)), status_code=409)
+        return {"training": job.to_json()}
 
     # -- operations -----------------------------------------------------------------------
 

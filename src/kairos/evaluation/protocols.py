@@ -34,6 +34,7 @@ from kairos.evaluation.metrics import (
 from kairos.progress import progress
 from kairos.sources.base import top_k
 from kairos.store import EventRecord
+from kairos.training.registry import RegisteredModel
 
 BASELINES = ("random", "popular", "covisit")
 SERVED_DEPTH = 20  # the `kairos` model is scored on its served list this deep (HR@20)
@@ -47,6 +48,52 @@ def model_weights(name: str, settings: Settings) -> dict[str, float] | None:
     if name == "kairos":
         return dict(settings.source_weights)
     return {name: 1.0}
+
+
+def uses_sequential(models: list[str], settings: Settings) -> bool:
+    """Whether any of these models reads the behaviour model (which then has to be trained)."""
+    return "sequential" in models or ("kairos" in models and settings.source_weights.get("sequential", 0.0) > 0)
+
+
+# Trained behaviour models by what they were trained on: both history conventions of
+# one leave-one-out run, or every engine of one replay, serve the same model.
+_TRAINED: dict[tuple[str, ...], RegisteredModel | None] = {}
+
+
+def train_sequential_for(engine: Engine, key: tuple[str, ...], overrides: dict[str, Any] | None = None,
+                         quiet: bool = False) -> RegisteredModel | None:
+    """Train the behaviour model on what the engine's store holds now (the protocol's
+    training events: the same pipeline as `kairos train`) and serve it; None when
+    there is too little behaviour to train on. `key` names the training events."""
+    import json
+
+    from kairos.training.pipeline import NotEnoughData, as_registered, train_from_store
+
+    key = (*key, json.dumps(overrides or {}, sort_keys=True), json.dumps(engine.settings.sequential_config,
+                                                                         sort_keys=True))
+    if key not in _TRAINED:
+        embed = engine.semantic.embed if engine.semantic is not None else None
+        try:
+            run = train_from_store(engine.store, engine.settings, embed, overrides=overrides, quiet=quiet)
+            _TRAINED.clear()  # keep one: models hold their item tables
+            _TRAINED[key] = as_registered(run)
+        except NotEnoughData:
+            _TRAINED[key] = None
+    registered = _TRAINED[key]
+    if registered is not None:
+        engine.install_model(registered)
+    return registered
+
+
+def training_report(registered: RegisteredModel | None) -> dict[str, Any]:
+    """What evaluation results record of the behaviour model they measured."""
+    if registered is None:
+        return {}
+    model = registered.model
+    return {"version": model.version, "preset": registered.training.get("preset"),
+            "training_seconds": round(model.training_seconds, 1),
+            "valid": {k: v for k, v in model.metrics.items() if k != "history"},
+            "config": dict(vars(model.config))}
 
 
 def offline_settings(db_path: Path) -> Settings:
@@ -77,13 +124,14 @@ class LooResult:
     train_events: int
     cold_items: int = 0  # > 0: the cold-start variant
     models: dict[str, ModelResult] = field(default_factory=dict)
+    sequential: dict[str, Any] = field(default_factory=dict)  # the behaviour model measured, if any
 
     def to_json(self) -> dict[str, Any]:
         return {
             "protocol": "coldstart" if self.cold_items else "loo", "cold_items": self.cold_items,
             "dataset": self.dataset, "split": self.split,
             "mask_history": self.mask_history, "users": self.users, "items": self.items,
-            "train_events": self.train_events,
+            "train_events": self.train_events, "sequential_model": self.sequential,
             "models": {name: {"metrics": r.metrics, "beyond_accuracy": r.beyond, "latency_ms": r.latency_ms}
                        for name, r in self.models.items()},
         }
@@ -120,10 +168,13 @@ def leave_one_out(
     quiet: bool = False,
     audit: Callable[[Engine, EventRecord], None] | None = None,
     cold_share: float = 0.0,
+    sequential: dict[str, Any] | None = None,
 ) -> LooResult:
     """`cold_share` > 0 is the cold-start protocol: that share of items (seeded) is
     held out of training entirely — no event of theirs reaches the engine — and only
-    users whose target is such a cold item are evaluated."""
+    users whose target is such a cold item are evaluated. When a model reads the
+    sequential source, the behaviour model is trained on the training events first
+    (`sequential`: SeqRecConfig fields over the preset)."""
     if split not in ("test", "valid"):
         raise ValueError("split must be 'test' or 'valid'")
     if not 0 <= cold_share < 1:
@@ -142,13 +193,17 @@ def leave_one_out(
         engine.upsert_items(_items_as_models(data))
         for start in range(0, len(train), 10_000):
             engine.ingest_records(train[start : start + 10_000])
+        key = ("loo", data.name, data.fingerprint(), split, str(cold_share), str(seed))
+        registered = (train_sequential_for(engine, key, sequential, quiet)
+                      if uses_sequential(models, settings) else None)
         users = sorted(targets)
         if max_users is not None and max_users < len(users):
             users = sorted(np.random.default_rng(seed).choice(users, max_users, replace=False).tolist())
         n_items = len(engine.catalog)
         counts = _interaction_counts(engine, train)
         categories = [frozenset(c) for c in engine.catalog.categories]
-        result = LooResult(data.name, split, mask_history, len(users), n_items, len(train), len(cold))
+        result = LooResult(data.name, split, mask_history, len(users), n_items, len(train), len(cold),
+                           sequential=training_report(registered))
         for name in models:
             weights = model_weights(name, settings)
             rng = np.random.default_rng(seed)

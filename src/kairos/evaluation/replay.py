@@ -23,7 +23,14 @@ from kairos.config import DAY, Settings
 from kairos.engine import Engine
 from kairos.evaluation.data import EvalData
 from kairos.evaluation.metrics import coverage, list_metrics, mean_metrics, novelty
-from kairos.evaluation.protocols import _items_as_models, _percentiles, model_weights
+from kairos.evaluation.protocols import (
+    _items_as_models,
+    _percentiles,
+    model_weights,
+    train_sequential_for,
+    training_report,
+    uses_sequential,
+)
 from kairos.progress import progress
 from kairos.schema import NON_VISIT_TYPES
 from kairos.store import EventRecord
@@ -82,7 +89,8 @@ class TemporalResult:
 
 
 def temporal_split(data: EvalData, models: list[str], cut_fraction: float = 0.8, k: int = 10,
-                   horizon: int = 10, seed: int = 0, decay: bool = False, quiet: bool = False) -> TemporalResult:
+                   horizon: int = 10, seed: int = 0, decay: bool = False, quiet: bool = False,
+                   sequential: dict[str, Any] | None = None) -> TemporalResult:
     """Recommend once for each user as of the cut; the truth is the user's next
     `horizon` distinct items after it. Recall@k, NDCG@k, coverage@k."""
     cut = cut_time(data.events, cut_fraction)
@@ -94,6 +102,9 @@ def temporal_split(data: EvalData, models: list[str], cut_fraction: float = 0.8,
                 items.append(event.item_id)
     with tempfile.TemporaryDirectory(prefix="kairos-temporal-") as scratch:
         engine, _ = _engine_at_cut(data, cut, scratch, decay)
+        if uses_sequential(models, engine.settings):
+            key = ("temporal", data.name, data.fingerprint(), str(cut), str(decay))
+            train_sequential_for(engine, key, sequential, quiet)
         users = sorted(truth)
         result = TemporalResult(data.name, cut, len(users), k)
         for name in models:
@@ -138,6 +149,7 @@ class ReplayResult:
     cut: float
     events: int
     models: dict[str, dict[str, ReplayRun]] = field(default_factory=dict)  # model -> online|frozen
+    sequential: dict[str, Any] = field(default_factory=dict)  # the behaviour model measured, if any
 
     def ratio(self, model: str, metric: str = "HR@10") -> float:
         frozen = self.models[model]["frozen"].metrics[metric]
@@ -146,7 +158,7 @@ class ReplayResult:
     def to_json(self) -> dict[str, Any]:
         return {
             "protocol": "replay", "dataset": self.dataset, "cut": self.cut, "events": self.events,
-            "models": {
+            "sequential_model": self.sequential, "models": {
                 name: {**{mode: {"metrics": run.metrics, "latency_ms": run.latency_ms,
                                  "coverage@10": run.coverage, "novelty@10": run.novelty}
                           for mode, run in runs.items()},
@@ -158,7 +170,10 @@ class ReplayResult:
 
 def replay(data: EvalData, models: list[str], cut_fraction: float = 0.8, max_events: int | None = None,
            max_users: int | None = None, seed: int = 0, decay: bool = True, quiet: bool = False,
-           audit: Audit | None = None) -> ReplayResult:
+           audit: Audit | None = None, sequential: dict[str, Any] | None = None) -> ReplayResult:
+    """Where a model reads the sequential source, the behaviour model is trained once
+    on the events before the cut (`sequential`: SeqRecConfig fields over the preset);
+    online, it then reads each user's live sequence; frozen, the sequence at the cut."""
     cut = cut_time(data.events, cut_fraction)
     stream = [e for e in data.events if e.timestamp >= cut]
     if max_users is not None:
@@ -174,6 +189,9 @@ def replay(data: EvalData, models: list[str], cut_fraction: float = 0.8, max_eve
         for mode in ("online", "frozen"):
             with tempfile.TemporaryDirectory(prefix="kairos-replay-") as scratch:
                 engine, clock = _engine_at_cut(data, cut, scratch, decay)
+                if uses_sequential([name], engine.settings):
+                    key = ("replay", data.name, data.fingerprint(), str(cut), str(decay))
+                    result.sequential = training_report(train_sequential_for(engine, key, sequential, quiet))
                 counts = np.bincount([engine.catalog.index[e.item_id] for e in data.events if e.timestamp < cut],
                                      minlength=len(engine.catalog)).astype(float)
                 result.models[name][mode] = _replay_run(engine, clock, name, stream, mode == "online",

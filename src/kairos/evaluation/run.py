@@ -15,7 +15,7 @@ PROTOCOLS = ("loo", "coldstart", "temporal", "replay", "push")
 
 @dataclass
 class EvalOptions:
-    models: list[str] | None = None  # None: the protocol's defaults (baselines, semantic, kairos; push: all targeters)
+    models: list[str] | None = None  # None: the protocol's defaults (baselines, semantic, sequential, kairos; push: all targeters)
     mask_history: str = "both"  # both | yes | no (leave-one-out)
     split: str = "test"  # test | valid (leave-one-out)
     core: int = 0  # keep items, then users, with at least this many events
@@ -26,6 +26,7 @@ class EvalOptions:
     window_days: float = 7.0  # push
     decay: bool = True  # replay: serving decay on (popularity, co-visitation)
     seed: int = 0
+    sequential: dict[str, Any] | None = None  # SeqRecConfig fields over the preset (behaviour model)
 
 
 def run_evaluation(data: Path | EvalData, protocol: str, options: EvalOptions | None = None,
@@ -34,21 +35,24 @@ def run_evaluation(data: Path | EvalData, protocol: str, options: EvalOptions | 
     options = options or EvalOptions()
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
-    models = options.models or [*BASELINES, "semantic", "kairos"]
+    models = options.models or [*BASELINES, "semantic", "sequential", "kairos"]
     dataset = data if isinstance(data, EvalData) else load_eval_data(data, options.core, options.core, quiet)
     if protocol == "loo":
         conventions = {"both": [True, False], "yes": [True], "no": [False]}[options.mask_history]
         return dataset, [leave_one_out(dataset, models, mask, options.split, options.seed,
-                                       options.max_users, quiet) for mask in conventions]
+                                       options.max_users, quiet, sequential=options.sequential)
+                         for mask in conventions]
     if protocol == "coldstart":
         conventions = {"both": [True, False], "yes": [True], "no": [False]}[options.mask_history]
         return dataset, [leave_one_out(dataset, models, mask, options.split, options.seed, options.max_users,
-                                       quiet, cold_share=options.cold_share) for mask in conventions]
+                                       quiet, cold_share=options.cold_share, sequential=options.sequential)
+                         for mask in conventions]
     if protocol == "temporal":
-        return dataset, [temporal_split(dataset, models, options.cut, seed=options.seed, quiet=quiet)]
+        return dataset, [temporal_split(dataset, models, options.cut, seed=options.seed, quiet=quiet,
+                                        sequential=options.sequential)]
     if protocol == "replay":
         return dataset, [replay(dataset, models, options.cut, options.max_events, options.max_users,
-                                options.seed, options.decay, quiet)]
+                                options.seed, options.decay, quiet, sequential=options.sequential)]
     targeters = options.models or list(PUSH_TARGETERS)
     return dataset, [new_item_push(dataset, targeters, options.cut, options.window_days, options.seed, quiet)]
 

@@ -10,6 +10,7 @@ from kairos.sources.covisit import CovisitSource
 from kairos.sources.fresh import FreshSource
 from kairos.sources.popular import PopularSource
 from kairos.sources.semantic import SemanticSource
+from kairos.sources.sequential import SequentialSource
 from kairos.state.online import OnlineState
 
 SourceFactory = Callable[[OnlineState, Settings], CandidateSource]
@@ -19,6 +20,7 @@ SOURCE_FACTORIES: dict[str, SourceFactory] = {
     "covisit": lambda state, settings: CovisitSource(state, settings.covisit_recent_items),
     "fresh": lambda state, settings: FreshSource(state.catalog),
     "semantic": lambda state, settings: SemanticSource(state),
+    "sequential": lambda state, settings: SequentialSource(state),
 }
 
 
@@ -35,6 +37,7 @@ __all__ = [
     "FreshSource",
     "PopularSource",
     "SemanticSource",
+    "SequentialSource",
     "UserContext",
     "build_sources",
     "top_k",

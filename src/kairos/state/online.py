@@ -14,6 +14,7 @@ from kairos.state.users import SequenceStep, UserState
 from kairos.store.base import EventRecord
 
 if TYPE_CHECKING:
+    from kairos.sources.sequential import ServedSequential
     from kairos.state.semantic import SemanticState
 
 
@@ -32,6 +33,7 @@ class OnlineState:
         self.covisit = Covisitation(settings.covisit_half_life_s)
         self.events_applied = 0
         self.semantic: SemanticState | None = None  # set by the engine when the LM layer is on
+        self.sequential: ServedSequential | None = None  # set by the engine when a model serves
 
     def apply(self, events: Iterable[EventRecord]) -> None:
         for event in events:

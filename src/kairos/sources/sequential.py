@@ -1,0 +1,168 @@
+"""`sequential`: the behaviour model reading the user's live sequence.
+
+At request time the user's recent visits come from the online state, which ingest
+updated synchronously, so the event acknowledged a moment ago is the last step of
+the model's input. The model scores every item (one encoder pass and one matrix
+product); the request's filters apply as a mask before the top k are taken.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from kairos.sources.base import Candidates, UserContext, action_phrase
+from kairos.state.catalog import Catalog
+from kairos.state.online import OnlineState
+from kairos.state.users import SequenceStep
+
+if TYPE_CHECKING:
+    from kairos.models import StepFeatures, TrainedModel  # torch: imported once a model serves
+
+EXPLAIN_FROM_LAST = 10  # recent steps searched for the one closest to the proposed item
+
+# catalogue index -> unit text vector, or None when the item has no text
+TextVectorLookup = Callable[[int], np.ndarray | None]
+
+
+class ServedSequential:
+    """A trained model aligned with the live catalogue.
+
+    The artefact names its items by id; here they map to catalogue indices. Items
+    the catalogue gained after training join the model from their text (their
+    representation is the learned projection of their embedding), so a new arrival
+    can be proposed at once; items with neither history nor text are not.
+    """
+
+    def __init__(self, model: TrainedModel, item_ids: list[str], catalog: Catalog,
+                 text_vector: TextVectorLookup | None) -> None:
+        # A copy: items added here must not grow the registered model (a rebuild aligns again).
+        self.model = copy.deepcopy(model) if text_vector is not None else model
+        self.version = model.version
+        self.catalog = catalog
+        self._text_vector = text_vector
+        known = {item_id: i + 1 for i, item_id in enumerate(item_ids)}
+        self._model_of = np.zeros(len(catalog), dtype=np.int64)  # catalogue index -> model index (0: none)
+        self._catalog_of = np.full(model.n_items + 1, -1, dtype=np.int64)  # model index -> catalogue index
+        for idx, item_id in enumerate(catalog.ids):
+            found = known.get(item_id)
+            if found is not None:
+                self._model_of[idx] = found
+                self._catalog_of[found] = idx
+        self._aligned = len(catalog)  # catalogue indices below this have been mapped
+        self._add_new_items(np.flatnonzero(self._model_of == 0))
+
+    def add_items(self, keys: list[int]) -> None:
+        """Represent these catalogue items from their text if the model lacks them (new
+        arrivals, or items that had no text when first seen)."""
+        self.align()
+        self._add_new_items(np.asarray(keys, dtype=np.int64))
+
+    def _add_new_items(self, candidates: np.ndarray) -> None:
+        """Give catalogue items the model has never seen a text-only representation."""
+        if self._text_vector is None or not len(candidates) or not self.model.config.use_text:
+            return
+        keys, vectors = [], []
+        for idx in candidates.tolist():
+            if self._model_of[idx] > 0:
+                continue
+            vector = self._text_vector(idx)
+            if vector is not None:
+                keys.append(idx)
+                vectors.append(vector)
+        if not keys:
+            return
+        added = self.model.add_items(np.stack(vectors))
+        self._model_of[np.array(keys)] = added
+        self._catalog_of = np.concatenate([self._catalog_of, np.array(keys, dtype=np.int64)])
+
+    def align(self) -> None:
+        """Catch up with items added to the catalogue since the last request."""
+        grown = len(self.catalog) - self._aligned
+        if grown <= 0:
+            return
+        self._model_of = np.concatenate([self._model_of, np.zeros(grown, dtype=np.int64)])
+        new = np.arange(self._aligned, len(self.catalog))
+        self._aligned = len(self.catalog)
+        self._add_new_items(new)
+
+    def model_index(self, catalogue_index: int) -> int:
+        return int(self._model_of[catalogue_index]) if catalogue_index < len(self._model_of) else 0
+
+    def inputs(self, steps: list[SequenceStep]) -> tuple[list[int], StepFeatures | None]:
+        """The model's input: the user's visits the model can represent, oldest first."""
+        from kairos.models import StepFeatures, event_token
+
+        visits = [s for s in steps if s.visit and self.model_index(s.item) > 0][-self.model.config.max_len :]
+        items = [self.model_index(s.item) for s in visits]
+        features = None
+        if self.model.config.use_event_features:
+            features = StepFeatures([event_token(s.type, s.value) for s in visits], [s.timestamp for s in visits])
+        return items, features
+
+    def catalogue_scores(self, steps: list[SequenceStep]) -> np.ndarray | None:
+        """Scores over catalogue indices (-inf where the model has no representation);
+        None when none of the user's visits is known to the model."""
+        self.align()
+        items, features = self.inputs(steps)
+        if not items:
+            return None
+        scores = self.model.score_sequence(items, features)
+        out = np.full(len(self.catalog), -np.inf)
+        placed = self._catalog_of >= 0
+        out[self._catalog_of[placed]] = scores[placed]
+        return out
+
+
+class SequentialSource:
+    name = "sequential"
+
+    def __init__(self, state: OnlineState) -> None:
+        self.state = state
+
+    def candidates(self, ctx: UserContext, k: int) -> Candidates:
+        served = self.state.sequential
+        if served is None or ctx.user is None:
+            return Candidates.empty()
+        logits = served.catalogue_scores(ctx.user.recent)
+        if logits is None:
+            return Candidates.empty()
+        logits = np.where(ctx.allowed, logits, -np.inf)
+        allowed = np.flatnonzero(np.isfinite(logits))
+        if not len(allowed):
+            return Candidates.empty()
+        if len(allowed) > k:
+            allowed = allowed[np.argpartition(-logits[allowed], k - 1)[:k]]
+        order = allowed[np.lexsort((allowed, -logits[allowed]))]
+        # Probabilities of the next item: positive, comparable across requests.
+        top = logits[order[0]]
+        denominator = np.exp(logits[np.isfinite(logits)] - top).sum()
+        return Candidates(order, np.exp(logits[order] - top) / denominator)
+
+    def explain(self, ctx: UserContext, item: int) -> str | None:
+        """Name the recent visit whose model representation is closest to the item's."""
+        served = self.state.sequential
+        if served is None or ctx.user is None:
+            return None
+        target = served.model_index(item)
+        if target == 0:
+            return None
+        table = served.model.item_table()
+        vector = table[target]
+        best: SequenceStep | None = None
+        best_score = -np.inf
+        for step in reversed([s for s in ctx.user.recent if s.visit][-EXPLAIN_FROM_LAST:]):
+            index = served.model_index(step.item)
+            if index == 0 or step.item == item:
+                continue
+            score = float(table[index] @ vector)
+            if score > best_score:
+                best, best_score = step, score
+        if best is None:
+            return None
+        title = self.state.catalog.titles[best.item] or self.state.catalog.ids[best.item]
+        return f"what tends to come next in sequences like yours, after '{title}', which you " \
+               f"{action_phrase(best.type, best.value)}"

@@ -1,0 +1,192 @@
+"""The behaviour model in the engine: trained from the store, served on the live
+sequence, swapped atomically, and measured through the evaluation harness.
+
+The catalogue has a planted sequential pattern: every user walks item k, k+1,
+k+2, ... (wrapping around), so the next item after k is k+1 and nothing else.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kairos.clock import SimulatedClock
+from kairos.config import Settings
+from kairos.engine import Engine
+from kairos.evaluation.data import EvalData
+from kairos.evaluation.protocols import leave_one_out
+from kairos.schema import Event, Item
+from kairos.store import EventRecord, ItemRecord
+from kairos.training.pipeline import as_registered, publish, registry, train_from_store
+from kairos.training.registry import ModelRegistry
+
+N_ITEMS = 24
+# Small enough to train in seconds, big enough to learn k -> k+1.
+TINY = {"depth": 1, "width": 32, "heads": 1, "dropout": 0.1, "max_len": 16, "batch_size": 16, "lr": 5e-3,
+        "epochs": 25, "patience": 25, "seed": 3, "exclude_seen": False}
+WORDS = ["apple", "river", "engine", "violin", "desert", "pepper", "castle", "rocket", "garden", "tiger",
+         "marble", "harbor", "lantern", "meadow", "comet", "falcon", "glacier", "orchid", "canyon", "ember",
+         "saddle", "quartz", "willow", "beacon", "thistle"]
+
+
+def item_id(k: int) -> str:
+    return f"i{k % N_ITEMS:02d}"
+
+
+def planted_events(users: int = 60, seed: int = 0) -> list[EventRecord]:
+    rng = np.random.default_rng(seed)
+    events = []
+    for u in range(users):
+        start, length = int(rng.integers(N_ITEMS)), int(rng.integers(6, 12))
+        for step in range(length):
+            events.append(EventRecord(f"u{u:02d}", item_id(start + step), "click", 1_000_000.0 + 1000 * u + step))
+    return sorted(events, key=lambda e: e.timestamp)
+
+
+def items() -> list[Item]:
+    return [Item(item_id=item_id(k), title=f"The {WORDS[k]}", categories=["things"]) for k in range(N_ITEMS)]
+
+
+def settings_for(path: Path, **extra: object) -> Settings:
+    return Settings(db_path=path, sqlite_synchronous="NORMAL", sequential_config=TINY, **extra)
+
+
+@pytest.fixture(scope="module")
+def trained_engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    path = tmp_path_factory.mktemp("seq") / "kairos.db"
+    engine = Engine(settings_for(path), clock=SimulatedClock(2_000_000.0))
+    engine.upsert_items(items())
+    engine.ingest_records(planted_events())
+    run = train_from_store(engine.store, engine.settings, engine.semantic.embed if engine.semantic else None,
+                           quiet=True)
+    publish(run, engine.model_registry())
+    assert engine.load_current_model() == run.model.version
+    return engine
+
+
+def sequential_top(engine: Engine, user: str, k: int = 3) -> list[str]:
+    ctx = engine.user_context(user, exclude_seen=False)
+    found = engine.sources["sequential"].candidates(ctx, k)
+    return [engine.catalog.ids[i] for i in found.items]
+
+
+def test_the_model_learns_the_pattern_and_beats_popularity(trained_engine: Engine) -> None:
+    engine = trained_engine
+    metrics = engine.registered.model.metrics
+    history = metrics["history"]
+    assert history[-1]["loss"] < 0.7 * history[0]["loss"]
+    assert metrics["valid_hr10"] >= 0.9
+    hits = popular_hits = 0
+    for user, state in engine.state.users.items():
+        last = int(engine.catalog.ids[state.recent[-1].item][1:])
+        hits += sequential_top(engine, user, 1) == [item_id(last + 1)]
+        ctx = engine.user_context(user, exclude_seen=False)
+        popular = engine.sources["popular"].candidates(ctx, 1)
+        popular_hits += [engine.catalog.ids[i] for i in popular.items] == [item_id(last + 1)]
+    assert hits >= 0.9 * len(engine.state.users)
+    assert hits > popular_hits + 0.5 * len(engine.state.users)
+
+
+def test_a_new_event_changes_the_very_next_recommendation(trained_engine: Engine) -> None:
+    engine = trained_engine
+    engine.ingest([Event(user_id="fresh", item_id=item_id(3), type="click", timestamp=2_000_000.0),
+                   Event(user_id="fresh", item_id=item_id(4), type="click", timestamp=2_000_001.0)])
+    assert sequential_top(engine, "fresh", 1) == [item_id(5)]
+    engine.ingest([Event(user_id="fresh", item_id=item_id(15), type="click", timestamp=2_000_002.0)])
+    assert sequential_top(engine, "fresh", 1) == [item_id(16)]
+    served = engine.recommend("fresh", 5)
+    assert "sequential" in served.sources and served.model_version.endswith(engine.sequential_version)
+    proposed = {i.item_id: i for i in served.items}[item_id(16)]
+    assert "sequential" in proposed.sources and proposed.reason
+
+
+def test_a_user_with_no_history_falls_back_cleanly(trained_engine: Engine) -> None:
+    engine = trained_engine
+    assert sequential_top(engine, "nobody") == []
+    served = engine.recommend("nobody", 5)
+    assert len(served.items) == 5 and all("sequential" not in i.sources for i in served.items)
+
+
+def test_an_item_added_after_training_is_represented_from_its_text(trained_engine: Engine) -> None:
+    engine = trained_engine
+    served = engine.state.sequential
+    assert served is not None
+    n_model_items = served.model.n_items
+    engine.upsert_items([Item(item_id="late", title="The apple orchard", categories=["things"])])
+    index = engine.catalog.index["late"]
+    assert served.model_index(index) == n_model_items + 1
+    scores = served.catalogue_scores(engine.state.users["u00"].recent)
+    assert scores is not None and np.isfinite(scores[index])
+    assert engine.registered.model.n_items == len(engine.registered.item_ids)  # the artefact is untouched
+
+
+def test_the_registry_round_trips_and_points_at_the_published_version(trained_engine: Engine,
+                                                                      tmp_path: Path) -> None:
+    registered = trained_engine.registered
+    target = ModelRegistry(tmp_path / "models", keep=2)
+    assert target.current_version() is None and target.load() is None
+    target.publish(registered.model, registered.item_ids, registered.training)
+    loaded = target.load()
+    assert loaded is not None and loaded.version == registered.version
+    assert loaded.item_ids == registered.item_ids
+    sequences = [[1, 2, 3], [5, 6]]
+    assert np.array_equal(loaded.model.score_sequences(sequences), registered.model.score_sequences(sequences))
+    assert [v["version"] for v in target.versions()] == [registered.version]
+
+
+def test_hot_swap_under_concurrent_requests_loses_none(trained_engine: Engine) -> None:
+    engine = trained_engine
+    first = engine.registered
+    assert first is not None
+    other = train_from_store(engine.store, engine.settings, engine.semantic.embed if engine.semantic else None,
+                             overrides={"seed": 11, "epochs": 2}, quiet=True)
+    second = as_registered(other)
+    assert second.version != first.version
+    seen: set[str] = set()
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        try:
+            while not stop.is_set():
+                served = engine.recommend("u01", 5)
+                assert len(served.items) == 5
+                seen.add(served.model_version)
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=hammer) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for swap in range(6):
+        engine.install_model(second if swap % 2 == 0 else first)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert {f"online-1+{first.version}", f"online-1+{second.version}"} <= seen | {engine.model_version}
+    engine.install_model(first)
+
+
+def test_a_restart_serves_the_current_version(trained_engine: Engine) -> None:
+    engine = trained_engine
+    again = Engine(engine.settings.model_copy(), clock=SimulatedClock(2_000_000.0))
+    try:
+        assert again.sequential_version == engine.model_registry().current_version()
+        assert sequential_top(again, "u02") == sequential_top(engine, "u02")
+    finally:
+        again.close()
+
+
+def test_leave_one_out_measures_the_sequential_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAIROS_SEQUENTIAL_CONFIG", '{"depth": 1, "width": 32, "heads": 1, "max_len": 16, '
+                                                   '"batch_size": 16, "lr": 0.005, "epochs": 25, "patience": 25}')
+    data = EvalData("planted", [ItemRecord(i.item_id, title=i.title, categories=i.categories) for i in items()],
+                    planted_events(80, seed=1))
+    result = leave_one_out(data, ["popular", "sequential"], mask_history=False, quiet=True)
+    assert result.sequential["version"].startswith("seqrec-")
+    sequential = result.models["sequential"].metrics["HR@10"]
+    assert sequential >= 0.8 and sequential > result.models["popular"].metrics["HR@10"] + 0.3
