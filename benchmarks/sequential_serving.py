@@ -43,6 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=None, help="a registry version folder to serve")
     parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--config", type=json.loads, default={}, help="SeqRecConfig fields over the preset (JSON)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "sequential_serving.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -54,7 +55,7 @@ def main() -> None:
             registered = ModelRegistry(args.model.parent).load(args.model.name)
         else:
             started = time.perf_counter()
-            run = train_from_store(engine.store, engine.settings, engine.semantic.embed, overrides={"seed": 0})
+            run = train_from_store(engine.store, engine.settings, engine.semantic.embed, overrides={"seed": 0, **args.config})
             registered = as_registered(run)
             results["training_seconds"] = round(time.perf_counter() - started, 1)
         assert registered is not None
@@ -71,9 +72,9 @@ def main() -> None:
         reference = {u: top10(engine, u) for u in users}
 
         quantised = copy.deepcopy(eager)
-        quantised.module = torch.ao.quantization.quantize_dynamic(quantised.module, {torch.nn.Linear},
-                                                                   dtype=torch.qint8)
-        quantised._table = None
+        quantised.item_table()  # the item table stays fp32; only the transformer blocks go int8
+        quantised.module.blocks = torch.ao.quantization.quantize_dynamic(quantised.module.blocks, {torch.nn.Linear},
+                                                                          dtype=torch.qint8)
         for name, model in (("eager", eager), ("int8", quantised)):
             served.model = model
             entry = {"source": time_it(lambda u: source_call(engine, u), picks),

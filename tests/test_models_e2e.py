@@ -101,6 +101,7 @@ def test_background_training_swaps_the_model_without_failing_a_request(server_fa
         served = client.get("/v1/recommendations/u3", params={"n": 5}).json()
         assert "sequential" in served["sources"]
         assert any("sequential" in item["sources"] for item in served["items"])
+        assert f'kairos_model_info{{model_version="online-1+{version}"}} 1.0' in client.get("/metrics").text
 
 
 def test_kairos_train_publishes_and_a_running_server_picks_it_up(server_factory: Any, tmp_path: Path) -> None:
@@ -123,6 +124,18 @@ def test_kairos_train_publishes_and_a_running_server_picks_it_up(server_factory:
                              capture_output=True, text=True, timeout=120)
         assert bad.returncode == 1 and "loss" in bad.stdout
         assert (db.with_name(db.name + ".models") / "CURRENT").read_text().strip() == version  # unchanged
+
+        newer = subprocess.run([sys.executable, "-m", "kairos", "train", "--db", str(db), "--set", "seed=6"],
+                               env=env, capture_output=True, text=True, timeout=300)
+        assert newer.returncode == 0, newer.stdout + newer.stderr
+        latest = (db.with_name(db.name + ".models") / "CURRENT").read_text().strip()
+        assert latest != version
+        wait_for(lambda: client.get("/v1/models").json()["model_version"] == f"online-1+{latest}", timeout=30)
+        missing = client.post("/v1/models/activate", json={"version": "seqrec-nope"})
+        assert missing.status_code == 404
+        rolled_back = client.post("/v1/models/activate", json={"version": version})
+        assert rolled_back.status_code == 200 and rolled_back.json()["model_version"] == f"online-1+{version}"
+        assert [v["version"] for v in rolled_back.json()["versions"]] == [latest, version]
     server.stop()
     restarted = server_factory(db)
     with restarted.client() as client:

@@ -265,11 +265,20 @@ def train(
 
 
 @app.command()
-def models(db: DbOption = None) -> None:
+def models(
+    db: DbOption = None,
+    activate: Annotated[str | None, typer.Option(help="Serve this version (a rollback); a running "
+                                                      "server swaps to it.")] = None,
+) -> None:
     """The versions in the model registry; the current one is served."""
     from kairos.training.pipeline import registry
 
     target = registry(_settings(db))
+    if activate is not None:
+        try:
+            target.activate(activate)
+        except FileNotFoundError as error:
+            raise _fail(error) from None
     current = target.current_version()
     table = Table(title=f"Models in {target.root}")
     for column in ("version", "created", "valid NDCG@10", "valid HR@10", "training s", "served"):

@@ -7,13 +7,13 @@ from typing import Annotated, Any, Literal
 from fastapi import Body, Depends, FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kairos import __version__
 from kairos.api.errors import error_body, install_error_handlers
 from kairos.api.metrics import ApiMetrics, RequestMiddleware
-from kairos.engine import Engine
+from kairos.engine import Engine, NotFound
 from kairos.schema import (
     EventBatch,
     ItemBatch,
@@ -77,6 +77,12 @@ class TrainRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     config: dict[str, Any] = {}
+
+
+class ActivateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class FormBodyAsJson:
@@ -243,6 +249,16 @@ def create_app(engine: Engine, manage_models: bool = True) -> FastAPI:
         except TrainingInProgress as error:
             return JSONResponse(error_body("training_in_progress", str(error)), status_code=409)
         return {"training": job.to_json()}
+
+    @app.post("/v1/models/activate", tags=["models"])
+    def activate_model(request: ActivateRequest, engine: EngineDep) -> dict[str, Any]:
+        """Serve another version of the registry (a rollback); the swap is atomic."""
+        try:
+            engine.model_registry().activate(request.version)
+        except FileNotFoundError:
+            raise NotFound("model", request.version) from None
+        engine.load_current_model()
+        return manager.status()
 
     # -- operations -----------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from datetime import datetime
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
@@ -85,3 +86,12 @@ class _EngineCollector(Collector):
         for key in ("items", "available_items", "users", "events"):
             yield GaugeMetricFamily(f"kairos_{key}", f"Current number of {key.replace('_', ' ')}",
                                     value=stats[key])
+        served = GaugeMetricFamily("kairos_model_info", "The model version serving (value 1)",
+                                   labels=["model_version"])
+        served.add_metric([stats["model_version"]], 1.0)
+        yield served
+        registered = self.engine.registered
+        if registered is not None:
+            yield GaugeMetricFamily("kairos_sequential_model_created_seconds",
+                                    "When the served behaviour model was trained (epoch seconds)",
+                                    value=datetime.fromisoformat(registered.model.created_at).timestamp())

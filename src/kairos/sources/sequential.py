@@ -53,6 +53,8 @@ class ServedSequential:
                 self._model_of[idx] = found
                 self._catalog_of[found] = idx
         self._aligned = len(catalog)  # catalogue indices below this have been mapped
+        self._vectors: np.ndarray | None = None
+        self._vectors_of: object = None
         self._add_new_items(np.flatnonzero(self._model_of == 0))
 
     def add_items(self, keys: list[int]) -> None:
@@ -88,6 +90,13 @@ class ServedSequential:
         new = np.arange(self._aligned, len(self.catalog))
         self._aligned = len(self.catalog)
         self._add_new_items(new)
+
+    def item_vectors(self) -> np.ndarray:
+        """The model's item representations as a numpy array (for explanations)."""
+        table = self.model.item_table()
+        if self._vectors is None or self._vectors_of is not table:
+            self._vectors, self._vectors_of = table.numpy(), table
+        return self._vectors
 
     def model_index(self, catalogue_index: int) -> int:
         return int(self._model_of[catalogue_index]) if catalogue_index < len(self._model_of) else 0
@@ -150,19 +159,13 @@ class SequentialSource:
         target = served.model_index(item)
         if target == 0:
             return None
-        table = served.model.item_table()
-        vector = table[target]
-        best: SequenceStep | None = None
-        best_score = -np.inf
-        for step in reversed([s for s in ctx.user.recent if s.visit][-EXPLAIN_FROM_LAST:]):
-            index = served.model_index(step.item)
-            if index == 0 or step.item == item:
-                continue
-            score = float(table[index] @ vector)
-            if score > best_score:
-                best, best_score = step, score
-        if best is None:
+        steps = [s for s in reversed([s for s in ctx.user.recent if s.visit][-EXPLAIN_FROM_LAST:])
+                 if s.item != item and served.model_index(s.item) > 0]
+        if not steps:
             return None
+        table = served.item_vectors()
+        closeness = table[[served.model_index(s.item) for s in steps]] @ table[target]
+        best = steps[int(np.argmax(closeness))]
         title = self.state.catalog.titles[best.item] or self.state.catalog.ids[best.item]
         return f"what tends to come next in sequences like yours, after '{title}', which you " \
                f"{action_phrase(best.type, best.value)}"

@@ -53,6 +53,12 @@ class ModelRegistry:
         self._prune()
         return path
 
+    def activate(self, version: str) -> None:
+        """Serve an earlier (or any complete) version: a rollback is one pointer write."""
+        if not (self.root / version / TRAINING).exists() or version.startswith("."):
+            raise FileNotFoundError(f"model {version!r} is not in {self.root}")
+        _write_atomically(self.root / CURRENT, version + "\n")
+
     def current_version(self) -> str | None:
         try:
             version = (self.root / CURRENT).read_text().strip()
