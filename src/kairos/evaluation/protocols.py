@@ -9,6 +9,7 @@ against *all* items, no sampled negatives.
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from collections import defaultdict
@@ -65,8 +66,6 @@ def train_sequential_for(engine: Engine, key: tuple[str, ...], overrides: dict[s
     """Train the behaviour model on what the engine's store holds now (the protocol's
     training events: the same pipeline as `kairos train`) and serve it; None when
     there is too little behaviour to train on. `key` names the training events."""
-    import json
-
     from kairos.training.pipeline import NotEnoughData, as_registered, train_from_store
 
     key = (*key, json.dumps(overrides or {}, sort_keys=True), json.dumps(engine.settings.sequential_config,
