@@ -9,8 +9,11 @@ against every item with the whole earlier history as input.
         --runs ids/softmax text/softmax both/softmax both/sampled_softmax both/bce both+events/softmax
     .venv/bin/python benchmarks/sequential.py --set lr=0.002 dropout=0.3   # override config fields
 
-A run is `variant/loss`: variant is ids, text or both (the item representation), with
-`+events` for event-type and time-gap inputs. Results are merged by (dataset, run,
+A run is `variant` or `variant/loss`: variant is ids, text or both (the item representation),
+with `+events` for event-type and time-gap inputs, or `preset` (the preset's own); without a
+loss, the preset's. Each dataset
+starts from its preset in kairos.models.SEQREC_PRESETS (ml-latest-small: "long",
+Scientific: "short"); `--set` overrides its fields. Results are merged by (dataset, run,
 overrides) into benchmarks/results/sequential.json. Not run by CI.
 """
 
@@ -33,7 +36,8 @@ import torch
 from kairos.config import Settings
 from kairos.evaluation.data import EvalData, load_eval_data
 from kairos.evaluation.metrics import mean_metrics, rank_metrics, target_rank
-from kairos.models import EpochReport, SeqRecConfig, StepFeatures, TrainedModel, event_token, train_sequential
+from kairos.models import (EpochReport, SeqRecConfig, StepFeatures, TrainedModel, event_token, preset_config,
+                           train_sequential)
 from kairos.store import ItemRecord
 from kairos.text.cache import EmbeddingCache
 from kairos.text.compose import item_text, text_hash
@@ -41,19 +45,22 @@ from kairos.text.compose import item_text, text_hash
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("KAIROS_DATA_DIR", ROOT.parent / "shared" / "data"))
 
-# folder -> (k-core, history masked at test time?, config defaults for the dataset)
-DATASETS: dict[str, tuple[int, bool, dict[str, Any]]] = {
-    "ml-latest-small": (5, True, {"max_len": 200, "exclude_seen": True}),
-    "amazon-scientific-unisrec": (0, False, {"max_len": 50, "exclude_seen": False, "batch_size": 256}),
+# folder -> (k-core, history masked at test time?, the SEQREC_PRESETS entry it starts from)
+DATASETS: dict[str, tuple[int, bool, str]] = {
+    "ml-latest-small": (5, True, "long"),
+    "amazon-scientific-unisrec": (0, False, "short"),
 }
-DEFAULT_RUNS = ["both/softmax"]
+DEFAULT_RUNS = ["preset"]
 
 # Leave-one-out, full-ranking figures on the same splits (see benchmarks/accuracy.py).
 REFERENCE = {
     "ml-latest-small": {"SASRec (published)": {"NDCG@10": 0.0522, "HR@10": 0.0993},
-                        "LlamaRec (published)": {"NDCG@10": 0.0759, "HR@10": 0.1524}},
+                        "LRURec (published)": {"NDCG@10": 0.0705, "HR@10": 0.1426},
+                        "LlamaRec (published)": {"NDCG@10": 0.0759, "HR@10": 0.1524},
+                        "co-visitation (ours)": {"NDCG@10": 0.0780, "HR@10": 0.1413}},
     "amazon-scientific-unisrec": {"VQ-Rec (published)": {"NDCG@10": 0.0643, "HR@10": 0.1211},
-                                  "MISSRec (published)": {"NDCG@10": 0.0753, "HR@10": 0.1360}},
+                                  "MISSRec (published)": {"NDCG@10": 0.0753, "HR@10": 0.1360},
+                                  "co-visitation (ours)": {"NDCG@10": 0.0740, "HR@10": 0.1055}},
 }
 
 
@@ -73,22 +80,21 @@ def main() -> None:
     overrides = dict(_parse_override(s) for s in args.set)
 
     for name in args.datasets:
-        core, masked, defaults = DATASETS[name]
+        core, masked, preset = DATASETS[name]
         loaded = time.perf_counter()
         data = load_eval_data(DATA / name, core, core) if core else load_eval_data(DATA / name)
         prepared = prepare(data)
         print(f"{name}: {len(prepared['given']):,} users, {prepared['n_items']:,} items, "
               f"loaded and text-encoded in {time.perf_counter() - loaded:.0f}s", flush=True)
         for run in args.runs:
-            variant, loss = run.split("/")
-            config = SeqRecConfig(**{**defaults, **_variant(variant), "loss": loss, "threads": args.threads,
-                                     **overrides})
+            config = run_config(preset, run, args.threads, overrides)
             result = evaluate_run(name, prepared, config, masked)
             result.update(run=run, overrides=overrides)
             results = [result]
             if args.refit:
+                # The refit keeps the holdout run's epoch count and transition-prior scale.
                 refit_config = replace(config, holdout=False, epochs=max(1, result["valid"]["best_epoch"]),
-                                       max_seconds=None)
+                                       max_seconds=None, transition_scale=result["valid"].get("transition_scale"))
                 refit = evaluate_run(name, prepared, refit_config, masked)
                 refit.update(run=f"{run}+refit", overrides=overrides,
                              total_training_seconds=round(result["training_seconds"] + refit["training_seconds"], 1))
@@ -102,6 +108,14 @@ def main() -> None:
                 result.pop("model", None)
                 _merge(args.out, result)
     print(f"wrote {args.out}")
+
+
+def run_config(preset: str, run: str, threads: int, overrides: dict[str, Any]) -> SeqRecConfig:
+    """The preset, then the run's variant and loss, then `--set`."""
+    variant, _, loss = run.partition("/")
+    representation = {} if variant == "preset" else _variant(variant)
+    return preset_config(preset, **{**representation, **({"loss": loss} if loss else {}), "threads": threads,
+                                    **overrides})
 
 
 def prepare(data: EvalData) -> dict[str, Any]:

@@ -169,3 +169,92 @@ def test_bad_inputs_are_refused() -> None:
         train_sequential({"u": [1, 2, 99]}, N_ITEMS, None, SeqRecConfig(use_text=False))
     with pytest.raises(ValueError):
         train_sequential({"u": [1, 2, 3]}, N_ITEMS, None, SeqRecConfig(use_text=True))
+
+
+def test_the_transition_prior_is_weighed_on_validation_and_travels_with_the_artefact(tmp_path: Path) -> None:
+    full = planted()
+    given = {u: s[:-1] for u, s in full.items()}
+    config = SeqRecConfig(**{**vars(TINY), "epochs": 2, "transition_window": 2, "transition_lags": 3})
+    model = train_sequential(given, N_ITEMS, text_vectors(), config)
+    # The planted pattern is first-order: the counted prior alone ranks the next item first.
+    assert model.metrics["transition_scale"] > 0 and model.metrics["valid_ndcg10"] > 0.9
+    assert model.module.trans_index.shape[1] > 0
+    targets = [full[u][-1] for u in sorted(full)]
+    assert hit_rate_at_10(model.score_sequences([given[u] for u in sorted(full)]), targets) >= 0.9
+    loaded = TrainedModel.load(model.save(tmp_path / "prior"))
+    assert np.array_equal(loaded.score_sequence([3, 4, 5]), model.score_sequence([3, 4, 5]))
+    new = loaded.add_items(text_vectors(seed=9)[:1])
+    scores = loaded.score_sequence([4, 5, int(new[0])])
+    assert scores.shape == (N_ITEMS + 2,) and np.isfinite(scores[1:]).all()
+    # A refit has no validation: it takes the scale it is given.
+    refit = train_sequential(given, N_ITEMS, text_vectors(), SeqRecConfig(**{**vars(config), "holdout": False,
+                                                                              "transition_scale": 2.0}))
+    assert refit.metrics["transition_scale"] == 2.0
+    with pytest.raises(ValueError):
+        SeqRecConfig(transition_window=2, holdout=False)
+
+
+def test_transition_counts_pair_items_within_the_window() -> None:
+    from kairos.models.sequential import _row_normalised, _transition_counts
+
+    counts = _transition_counts([np.array([1, 2, 3])], 3, window=2, backward=0.5).to_dense()
+    expected = np.zeros((4, 4))
+    for a, b in [(1, 2), (2, 3), (1, 3)]:
+        expected[a, b] += 1.0
+        expected[b, a] += 0.5
+    assert np.allclose(counts.numpy(), expected)
+    index, value = _row_normalised(_transition_counts([np.array([1, 2, 3])], 3, window=2, backward=0.5))
+    sums = np.zeros(4)
+    np.add.at(sums, index[0].numpy(), value.numpy())
+    assert np.allclose(sums[1:], 1.0)
+
+
+def test_seen_before_marks_the_history_up_to_each_step() -> None:
+    import torch
+
+    from kairos.models.sequential import _seen_before
+
+    items = torch.tensor([[3, 1, 3, 2], [2, 4, 0, 0]])
+    real = items > 0
+    seen = _seen_before(items, real, 4)
+    expected = []
+    for b, t in zip(*real.nonzero(as_tuple=True), strict=True):
+        row = np.zeros(5, dtype=bool)
+        row[items[b, : t + 1].numpy()] = True
+        expected.append(row)
+    assert np.array_equal(seen.numpy(), np.array(expected))
+
+
+def test_learning_rate_schedule_warms_up_then_decays() -> None:
+    from kairos.models.sequential import _lr_factor
+
+    config = SeqRecConfig(warmup_steps=10, lr_schedule="cosine")
+    assert _lr_factor(config, 0, 100) == pytest.approx(0.1)
+    assert _lr_factor(config, 9, 100) == pytest.approx(1.0)
+    assert _lr_factor(config, 55, 100) == pytest.approx(0.5)
+    assert _lr_factor(config, 100, 100) == pytest.approx(0.0)
+    assert _lr_factor(SeqRecConfig(), 1000, 100) == 1.0
+    with pytest.raises(ValueError):
+        SeqRecConfig(lr_schedule="step")
+
+
+def test_presets_are_configs_with_overrides() -> None:
+    from kairos.models import SEQREC_PRESETS, preset_config
+
+    assert {"long", "short"} <= set(SEQREC_PRESETS)
+    assert preset_config("long").max_len == 200 and preset_config("short").max_len == 50
+    assert preset_config("short", width=32).width == 32
+    with pytest.raises(ValueError):
+        preset_config("medium")
+
+
+def test_a_large_catalogue_scores_the_prior_through_the_sparse_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    import kairos.models.sequential as sequential
+
+    config = SeqRecConfig(**{**vars(TINY), "epochs": 1, "transition_window": 2, "transition_lags": 3})
+    model = train_sequential(planted(20), N_ITEMS, text_vectors(), config)
+    dense = model.score_sequences([[1, 2, 3], [7]])
+    monkeypatch.setattr(sequential, "DENSE_TRANSITIONS", 0)
+    model._transitions = None
+    assert model.module.transition_matrix().layout == sequential.torch.sparse_csr
+    assert np.allclose(model.score_sequences([[1, 2, 3], [7]]), dense, atol=1e-5)

@@ -15,6 +15,7 @@ import os
 import shutil
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -32,6 +33,11 @@ from kairos.threads import torch_threads
 FORMAT_VERSION = 1
 TEXT_DIM = 384
 LOSSES = ("softmax", "sampled_softmax", "bce")
+LR_SCHEDULES = ("constant", "cosine")
+# A transition matrix with at most this many cells is used dense (fast); above, sparse.
+DENSE_TRANSITIONS = 1 << 26
+# Weights of the transition prior tried on the validation set (0: the network alone).
+TRANSITION_SCALES = (0.0, *(2.0 ** (k / 2) for k in range(-4, 11)))
 # Time gaps: 0 padding, 1 "no previous step", then 2 + floor(log2(1 + seconds)), capped.
 GAP_BUCKETS = 34
 UNKNOWN_TYPE = 1  # event-type ids: 0 padding, 1 a type not seen in training
@@ -74,6 +80,24 @@ class SeqRecConfig:
     holdout: bool = True
     threads: int = 1  # intra-op threads; 2 on a shared 2-core machine can run 10x slower
     max_seconds: float | None = None  # training time budget; reaching it breaks determinism
+    # Learning-rate schedule: linear warm-up over this many optimiser steps, then constant
+    # ("constant") or a cosine decay to 0 at `epochs` ("cosine").
+    warmup_steps: int = 0
+    lr_schedule: str = "constant"
+    label_smoothing: float = 0.0  # full softmax only
+    # The transition prior (first-order, FPMC-like, nonparametric): the network's logits get
+    # scale * log(sum_r decay^r P(next | r-th latest item) + mix * popularity + 0.01 / n),
+    # P counted on the training sequences (a pair of items up to `transition_window` steps
+    # apart counts 1 forward and `transition_backward` backward) and stored in the artefact.
+    # 0 turns it off. The network trains alone (trained with the prior, it memorises the
+    # training targets and the prior looks less useful than it is on unseen steps); the
+    # scale is chosen each epoch on the validation NDCG@10 (None), or given (a refit).
+    transition_window: int = 0
+    transition_backward: float = 0.5
+    transition_lags: int = 10
+    transition_decay: float = 0.8
+    transition_mix: float = 0.1
+    transition_scale: float | None = None
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -84,6 +108,38 @@ class SeqRecConfig:
             raise ValueError("width must be a multiple of heads")
         if min(self.max_len, self.batch_size, self.epochs, self.patience, self.horizon) < 1:
             raise ValueError("max_len, batch_size, epochs, patience and horizon must be >= 1")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, not {self.lr_schedule!r}")
+        if self.transition_window < 0 or self.transition_lags < 1:
+            raise ValueError("transition_window must be >= 0 and transition_lags >= 1")
+        if self.transition_window and not self.holdout and self.transition_scale is None:
+            raise ValueError("without a holdout, the transition prior needs its transition_scale")
+
+
+# Named settings, chosen on the validation metric of benchmarks/sequential.py (see
+# benchmarks/results/sequential.json): "long" for MovieLens-like data (long histories, no
+# repeat consumption, history masked at ranking), "short" for Amazon-like data.
+# Both add the transition prior to a network trained alone, and stop within a 5-minute
+# budget on one CPU thread (the benchmark's machine).
+SEQREC_PRESETS: dict[str, dict[str, Any]] = {
+    # ml-latest-small: many small steps (batch 16) of in-batch + uniform sampled softmax
+    # (about 6 s an epoch against 11 for the full softmax over 3,650 items), strong dropout.
+    "long": {"max_len": 200, "exclude_seen": True, "loss": "sampled_softmax", "batch_size": 16, "dropout": 0.5,
+             "temperature": 0.07, "epochs": 200, "patience": 25, "max_seconds": 290.0,
+             "transition_window": 5, "transition_lags": 10, "transition_decay": 0.8},
+    # Amazon Scientific: short histories; items by their text alone (validation: text 0.0821,
+    # ids and text 0.0800, ids 0.0771 with the prior), full softmax, wider items, few epochs.
+    "short": {"max_len": 50, "use_ids": False, "loss": "softmax", "batch_size": 256, "width": 128, "dropout": 0.3,
+              "temperature": 0.07, "epochs": 200, "patience": 5, "max_seconds": 200.0,
+              "transition_window": 5, "transition_lags": 5, "transition_decay": 0.5},
+}
+
+
+def preset_config(name: str, **overrides: Any) -> SeqRecConfig:
+    """The named preset's SeqRecConfig, with `overrides` (SeqRecConfig fields) on top."""
+    if name not in SEQREC_PRESETS:
+        raise ValueError(f"unknown preset {name!r}: one of {', '.join(SEQREC_PRESETS)}")
+    return SeqRecConfig(**{**SEQREC_PRESETS[name], **overrides})
 
 
 @dataclass(frozen=True)
@@ -190,6 +246,13 @@ class SequentialRecommender(nn.Module):
                                     for _ in range(config.depth))
         self.final_norm = nn.LayerNorm(d)
         self._init_weights()
+        if config.transition_window:
+            # P(next = j | item i) as a sparse (n_items + 1)^2 matrix (row 0 empty), and the
+            # items' share of training steps; sized by `set_transitions` (or when loading).
+            self.register_buffer("trans_index", torch.zeros(2, 0, dtype=torch.long))
+            self.register_buffer("trans_value", torch.zeros(0))
+            self.register_buffer("trans_pop", torch.zeros(n_items + 1))
+            self.register_buffer("trans_scale", torch.tensor(config.transition_scale or 0.0))
 
     def _init_weights(self) -> None:
         for module in self.modules():
@@ -254,11 +317,49 @@ class SequentialRecommender(nn.Module):
     def forward(self, items: torch.Tensor, types: torch.Tensor | None = None,
                 gaps: torch.Tensor | None = None) -> torch.Tensor:
         """Scores (B, n_items + 1) of the next item after each sequence."""
-        table = self.item_table()
+        return self.scores(items, self.item_table(), types, gaps)
+
+    def scores(self, items: torch.Tensor, table: torch.Tensor, types: torch.Tensor | None = None,
+               gaps: torch.Tensor | None = None, transitions: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores (B, n_items + 1) of the next item after each right-padded sequence, the
+        transition prior included (`transitions`: `transition_matrix()`, if already built)."""
         hidden, out = self.head(self.last(items, table, types, gaps), table)
         scores = hidden @ out.T
+        if self.config.transition_window:
+            scores = scores + self.trans_scale * self.transition_prior(items, transitions)
         scores[:, 0] = -torch.inf
         return scores
+
+    # -- the transition prior --
+
+    def set_transitions(self, index: torch.Tensor, value: torch.Tensor, pop: torch.Tensor) -> None:
+        self.trans_index = index.to(torch.long)
+        self.trans_value = value.to(torch.float32)
+        self.trans_pop = pop.to(torch.float32)
+
+    def transition_matrix(self) -> torch.Tensor:
+        """(n_items + 1)^2 P(next | item): dense where small enough, else sparse CSR."""
+        return _transition_tensor(self.trans_index, self.trans_value, (self.n_items + 1, self.n_items + 1))
+
+    def transition_prior(self, items: torch.Tensor, matrix: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, n_items + 1) log prior of the next item after each right-padded sequence,
+        from its latest `transition_lags` items (`matrix`: `transition_matrix()`)."""
+        matrix = self.transition_matrix() if matrix is None else matrix
+        count, lags = len(items), self.config.transition_lags
+        at = (items != 0).sum(1, keepdim=True) - 1 - torch.arange(lags)[None, :]  # latest first
+        recent = items.gather(1, at.clamp(min=0)) * (at >= 0)
+        keep = recent > 0
+        weights = self.config.transition_decay ** torch.arange(lags, dtype=torch.float32)
+        positions = torch.arange(count)[:, None].expand(count, lags)
+        mixture = torch.sparse_coo_tensor(torch.stack([positions[keep], recent[keep]]),
+                                          weights.expand(count, lags)[keep], (count, matrix.shape[0]),
+                                          check_invariants=False).coalesce()
+        if matrix.layout == torch.strided:
+            evidence = torch.sparse.mm(mixture, matrix)
+        else:
+            evidence = (mixture.to_sparse_csr() @ matrix).to_dense()
+        smooth = self.config.transition_mix * self.trans_pop + 0.01 / self.n_items
+        return torch.log(evidence + smooth[None, :])
 
     def head(self, hidden: torch.Tensor, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """What scores multiply: as is (dot product), or unit vectors over a temperature
@@ -344,6 +445,43 @@ def _training_windows(users: Sequence[_Encoded], max_len: int, horizon: int = 1)
     )
 
 
+def _transition_counts(sequences: Sequence[np.ndarray], n_items: int, window: int,
+                       backward: float) -> torch.Tensor:
+    """Coalesced sparse (n_items + 1)^2 counts: a pair of items k <= window steps apart
+    counts 1 from the earlier to the later one and `backward` the other way."""
+    rows, cols, values = [], [], []
+    for items in sequences:
+        for k in range(1, min(window, len(items) - 1) + 1):
+            rows += [items[:-k], items[k:]]
+            cols += [items[k:], items[:-k]]
+            values += [np.ones(len(items) - k), np.full(len(items) - k, backward)]
+    if not rows:
+        return torch.sparse_coo_tensor(torch.zeros(2, 0, dtype=torch.long), torch.zeros(0), (n_items + 1, n_items + 1),
+                                       check_invariants=False).coalesce()
+    index = torch.from_numpy(np.stack([np.concatenate(rows), np.concatenate(cols)]))
+    value = torch.from_numpy(np.concatenate(values)).float()
+    counts = torch.sparse_coo_tensor(index, value, (n_items + 1, n_items + 1), check_invariants=False).coalesce()
+    keep = counts.values() > 0  # backward 0 leaves explicit zeros
+    return torch.sparse_coo_tensor(counts.indices()[:, keep], counts.values()[keep], counts.shape,
+                                   check_invariants=False).coalesce()
+
+
+def _row_normalised(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(index, value) of counts / row sums: P(next = j | item i)."""
+    index, value = counts.indices(), counts.values()
+    totals = torch.zeros(counts.shape[0]).index_add_(0, index[0], value)
+    return index, value / totals[index[0]].clamp(min=1e-12)
+
+
+def _transition_tensor(index: torch.Tensor, value: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    matrix = torch.sparse_coo_tensor(index, value, shape, check_invariants=False)
+    if shape[0] * shape[1] <= DENSE_TRANSITIONS:
+        return matrix.to_dense()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return matrix.coalesce().to_sparse_csr()
+
+
 def _batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
     """Shuffled batches of windows of similar length (less padding), seeded."""
     order = rng.permutation(len(lengths))
@@ -384,11 +522,12 @@ def _objective(config: SeqRecConfig, hidden: torch.Tensor, items: torch.Tensor, 
         return (positives + F.softplus(negative) * ~hit).mean()
     if config.loss == "softmax" and target.shape[1] == 1:
         # Next item only: one fused cross-entropy over every item (the common case, fast).
-        if not config.exclude_seen:
-            return F.cross_entropy(h @ table[1:].T, target[:, 0] - 1)
-        excluded = _seen_before(items, torch.arange(1, n_items + 1))[real]
-        excluded[torch.arange(len(target)), target[:, 0] - 1] = False  # the target always competes
-        return F.cross_entropy((h @ table[1:].T).masked_fill(excluded, -1e9), target[:, 0] - 1)
+        logits = h @ table[1:].T
+        if config.exclude_seen:
+            excluded = _seen_before(items, real, n_items)[:, 1:]
+            excluded[torch.arange(len(target)), target[:, 0] - 1] = False  # the target always competes
+            logits = logits.masked_fill(excluded, -1e9)
+        return F.cross_entropy(logits, target[:, 0] - 1, label_smoothing=config.label_smoothing)
     if config.loss == "softmax":
         candidates = torch.arange(n_items + 1)
         logits = h @ table.T
@@ -409,17 +548,22 @@ def _objective(config: SeqRecConfig, hidden: torch.Tensor, items: torch.Tensor, 
         logits = logits - log_count[candidates]
         positive = positive - log_count[target]
     if config.exclude_seen:
-        excluded = excluded | _seen_before(items, candidates)[real]
+        excluded = excluded | _seen_before(items, real, n_items)[:, candidates]
     # Finite, not -inf: a row with every negative excluded must not give NaN gradients.
     log_z = torch.logsumexp(logits.masked_fill(excluded, -1e9), dim=1, keepdim=True)
     losses = torch.logaddexp(log_z, positive) - positive
     return losses[present].mean()
 
 
-def _seen_before(items: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-    """(B, L, C): whether candidate c is among items[b, :t+1] (the history at step t)."""
-    hit = (items[:, :, None] == candidates[None, None, :]).to(torch.uint8)
-    return torch.cummax(hit, dim=1).values.bool()
+def _seen_before(items: torch.Tensor, real: torch.Tensor, n_items: int) -> torch.Tensor:
+    """(P, n_items + 1): at each real position (b, t) (`real` a (B, L) mask), whether item
+    i is among items[b, :t+1], the history at step t."""
+    b, length = items.shape
+    steps = torch.arange(length, dtype=torch.int32).expand(b, length)
+    first = torch.full((b, n_items + 1), length, dtype=torch.int32)  # the step of an item's first visit
+    first.scatter_reduce_(1, items, steps, reduce="amin")
+    rows, at = real.nonzero(as_tuple=True)
+    return first[rows] <= at[:, None]
 
 
 def _log_expected_count(config: SeqRecConfig, windows: _Windows, n_items: int) -> torch.Tensor:
@@ -454,6 +598,7 @@ class TrainedModel:
         self.created_at = created_at
         self.version = version
         self._table: torch.Tensor | None = None
+        self._transitions: torch.Tensor | None = None
 
     @property
     def n_items(self) -> int:
@@ -483,9 +628,9 @@ class TrainedModel:
         gaps = torch.from_numpy(_pad([u.gaps for u in users], length)) if self.vocab is not None else None
         with torch_threads(1), torch.inference_mode():
             table = self.item_table()
-            hidden, out = self.module.head(self.module.last(items, table, types, gaps), table)
-            scores = hidden @ out.T
-            scores[:, 0] = -torch.inf
+            if self.config.transition_window and self._transitions is None:
+                self._transitions = self.module.transition_matrix()
+            scores = self.module.scores(items, table, types, gaps, self._transitions)
         return scores.numpy()
 
     def score_sequence(self, item_indices: Sequence[int], features: StepFeatures | None = None) -> np.ndarray:
@@ -506,9 +651,11 @@ class TrainedModel:
             if module.text_proj is not None:
                 module.text = torch.cat([module.text, vectors])
             module.id_mask = torch.cat([module.id_mask, torch.zeros(count, 1)])
+            if module.config.transition_window:
+                module.trans_pop = torch.cat([module.trans_pop, torch.zeros(count)])  # no transitions yet
         first = module.n_items + 1
         module.n_items += count
-        self._table = None
+        self._table = self._transitions = None
         return np.arange(first, first + count)
 
     def save(self, path: Path) -> Path:
@@ -547,7 +694,10 @@ class TrainedModel:
             raise ValueError(f"{path}: artefact format {meta.get('format')!r}, expected {FORMAT_VERSION}")
         config = SeqRecConfig(**meta["config"])
         module = SequentialRecommender(config, meta["n_items"], len(meta["event_types"]), meta["text_dim"])
-        module.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
+        state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
+        if config.transition_window:  # data-sized buffers
+            module.set_transitions(state["trans_index"], state["trans_value"], state["trans_pop"])
+        module.load_state_dict(state)
         return cls(module, config, list(meta["event_types"]), meta["metrics"], meta["training_seconds"],
                    meta["data_fingerprint"], meta["created_at"], meta["version"])
 
@@ -606,12 +756,18 @@ def _validation(users: Sequence[_Encoded], config: SeqRecConfig, rng: np.random.
     )
 
 
-def _validate(module: SequentialRecommender, valid: _Validation, batch: int = 512) -> tuple[float, float]:
-    """(NDCG@10, HR@10) ranking each target against every item."""
+def _validate(module: SequentialRecommender, valid: _Validation, transitions: torch.Tensor | None = None,
+              batch: int = 512) -> tuple[float, float, float]:
+    """(NDCG@10, HR@10, prior scale) ranking each target against every item. With the
+    transition prior and no given scale, at the scale in TRANSITION_SCALES that ranks best."""
     if not len(valid.targets):
-        return 0.0, 0.0
+        return 0.0, 0.0, float(module.config.transition_scale or 0.0)
+    prior = bool(module.config.transition_window)
+    scales = (torch.tensor(TRANSITION_SCALES) if prior and module.config.transition_scale is None
+              else torch.tensor([float(module.trans_scale) if prior else 0.0]))
     module.eval()
-    ndcg = hits = 0.0
+    ndcg = torch.zeros(len(scales), dtype=torch.float64)
+    hits = torch.zeros(len(scales), dtype=torch.float64)
     with torch.inference_mode():
         table = module.item_table()
         for start in range(0, len(valid.targets), batch):
@@ -619,20 +775,45 @@ def _validate(module: SequentialRecommender, valid: _Validation, batch: int = 51
             length = max(1, int((valid.items[rows] != 0).sum(1).max()))
             items = _trim(valid.items, rows, length)
             assert items is not None
-            hidden = module.last(items, table, _trim(valid.types, rows, length), _trim(valid.gaps, rows, length))
-            hidden, out = module.head(hidden, table)
-            scores = hidden @ out.T
-            scores[:, 0] = -torch.inf
+            hidden, out = module.head(module.last(items, table, _trim(valid.types, rows, length),
+                                                  _trim(valid.gaps, rows, length)), table)
+            network = hidden @ out.T
+            log_prior = module.transition_prior(items, transitions) if prior else None
             targets = torch.from_numpy(valid.targets[rows])
-            target_scores = scores.gather(1, targets[:, None])  # the target always competes
-            if valid.seen is not None:
-                scores.scatter_(1, torch.from_numpy(valid.seen[rows]), -torch.inf)
-            rank = (scores > target_scores).sum(1).double()
-            inside = rank < 10
-            ndcg += float((inside / torch.log2(rank + 2)).sum())
-            hits += float(inside.sum())
+            for i, scale in enumerate(scales):
+                scores = network if log_prior is None else network + scale * log_prior
+                scores[:, 0] = -torch.inf
+                target_scores = scores.gather(1, targets[:, None])  # the target always competes
+                if valid.seen is not None:
+                    scores.scatter_(1, torch.from_numpy(valid.seen[rows]), -torch.inf)
+                rank = (scores > target_scores).sum(1).double()
+                inside = rank < 10
+                ndcg[i] += float((inside / torch.log2(rank + 2)).sum())
+                hits[i] += float(inside.sum())
     module.train()
-    return ndcg / len(valid.targets), hits / len(valid.targets)
+    best = int(ndcg.argmax())  # the first of equals: the smallest scale
+    return float(ndcg[best]) / len(valid.targets), float(hits[best]) / len(valid.targets), float(scales[best])
+
+
+def _count_transitions(module: SequentialRecommender, sequences: Sequence[np.ndarray]) -> None:
+    """Set the module's transition prior from these sequences."""
+    config, n_items = module.config, module.n_items
+    index, value = _row_normalised(_transition_counts(sequences, n_items, config.transition_window,
+                                                      config.transition_backward))
+    steps = np.bincount(np.concatenate([np.zeros(1, dtype=np.int64), *sequences]), minlength=n_items + 1)
+    steps = steps.astype(np.float64)
+    steps[0] = 0.0
+    module.set_transitions(index, value, torch.from_numpy(steps / max(steps.sum(), 1.0)))
+
+
+def _lr_factor(config: SeqRecConfig, step: int, total: int) -> float:
+    """The learning rate's multiplier at optimiser step `step` (0-based)."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    if config.lr_schedule == "cosine":
+        done = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, done)))
+    return 1.0
 
 
 def train_sequential(
@@ -689,8 +870,15 @@ def train_sequential(
             trained[windows.items[windows.items > 0]] = True
             trained[windows.targets[windows.targets > 0]] = True
             module.id_mask.copy_(torch.from_numpy(trained.astype(np.float32))[:, None])
+        transitions = None
+        if config.transition_window:
+            _count_transitions(module, [u.items for u in train_users])
+            transitions = module.transition_matrix()
         optimiser = torch.optim.AdamW(module.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                                       betas=(0.9, 0.98))
+        steps_per_epoch = len(_batches(windows.lengths, config.batch_size, np.random.default_rng(0)))
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimiser, lambda step: _lr_factor(config, step, steps_per_epoch * config.epochs))
         log_count = (_log_expected_count(config, windows, n_items)
                      if config.loss == "sampled_softmax" and config.in_batch_negatives else None)
 
@@ -720,15 +908,18 @@ def train_sequential(
                     if config.grad_clip:
                         nn.utils.clip_grad_norm_(module.parameters(), config.grad_clip)
                     optimiser.step()
+                    schedule.step()
                     total += float(loss.detach()) * int(real.sum())
                     count += int(real.sum())
                 if valid is None:
                     ndcg = hr = float("nan")
                     best_epoch = epoch
                 else:
-                    ndcg, hr = _validate(module, valid)
+                    ndcg, hr, scale = _validate(module, valid, transitions)
                     if ndcg > best[0]:
                         best, best_epoch, stale = (ndcg, hr), epoch, 0
+                        if config.transition_window:
+                            module.trans_scale.fill_(scale)
                         best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
                     else:
                         stale += 1
@@ -752,6 +943,10 @@ def train_sequential(
                     break
         if valid is not None:
             module.load_state_dict(best_state)
+            if config.transition_window:
+                # Counting is cheap and the validation steps are the latest: the artefact's
+                # prior counts every given item (its scale was weighed without them).
+                _count_transitions(module, [u.items for u in users])
         module.eval()
 
     seconds = time.perf_counter() - started
@@ -760,6 +955,7 @@ def train_sequential(
         "valid_hr10": best[1] if valid is not None else None, "best_epoch": best_epoch,
         "epochs_run": len(history), "stopped_by": stopped, "train_windows": int(len(windows.lengths)),
         "train_positions": int(windows.lengths.sum()), "valid_users": int(len(valid.targets)) if valid is not None else 0,
+        **({"transition_scale": float(module.trans_scale)} if config.transition_window else {}),
         "history": history,
     }
     data_fingerprint = fingerprint(sequences, n_items, text_vectors, features if config.use_event_features else None)
