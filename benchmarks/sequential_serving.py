@@ -71,7 +71,9 @@ def main() -> None:
                             "items": eager.n_items, "parameters": sum(p.numel() for p in eager.module.parameters())}
         reference = {u: top10(engine, u) for u in users}
 
-        quantised = copy.deepcopy(eager)
+        quantised = copy.copy(eager)  # the module copied, the caches (item table, transitions) rebuilt
+        quantised.module = copy.deepcopy(eager.module)
+        quantised._table = quantised._transitions = None
         quantised.item_table()  # the item table stays fp32; only the transformer blocks go int8
         quantised.module.blocks = torch.ao.quantization.quantize_dynamic(quantised.module.blocks, {torch.nn.Linear},
                                                                           dtype=torch.qint8)

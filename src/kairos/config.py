@@ -66,7 +66,7 @@ class Settings(BaseSettings):
 
     # Recommendation path
     source_weights: dict[str, float] = Field(
-        default_factory=lambda: {"covisit": 1.0, "sequential": 1.0, "semantic": 0.2, "popular": 0.3, "fresh": 0.01},
+        default_factory=lambda: {"covisit": 1.0, "sequential": 4.0, "semantic": 0.2, "popular": 0.3, "fresh": 0.01},
         description="Fusion weight of each candidate source; a source absent here is off.",
     )
     covisit_recent_items: int = Field(

@@ -35,7 +35,7 @@ TEXT_DIM = 384
 LOSSES = ("softmax", "sampled_softmax", "bce")
 LR_SCHEDULES = ("constant", "cosine")
 # A transition matrix with at most this many cells is used dense (fast); above, sparse.
-DENSE_TRANSITIONS = 1 << 26
+DENSE_TRANSITIONS = 1 << 24  # entries: 64 MB of float32 (about 4,000 items); sparse CSR above
 # Weights of the transition prior tried on the validation set (0: the network alone).
 TRANSITION_SCALES = (0.0, *(2.0 ** (k / 2) for k in range(-4, 11)))
 # Time gaps: 0 padding, 1 "no previous step", then 2 + floor(log2(1 + seconds)), capped.
@@ -119,18 +119,21 @@ class SeqRecConfig:
 # Named settings, chosen on the validation metric of benchmarks/sequential.py (see
 # benchmarks/results/sequential.json): "long" for MovieLens-like data (long histories, no
 # repeat consumption, history masked at ranking), "short" for Amazon-like data.
-# Both add the transition prior to a network trained alone, and stop within a 5-minute
-# budget on one CPU thread (the benchmark's machine).
+# Both add the transition prior to a network trained alone. Their epoch counts are what
+# fitted in 5 minutes on one CPU thread of the benchmark's machine (the runs that chose
+# them stopped on a 290 s / 200 s budget at epoch 44 / 18, validation still improving);
+# an epoch count keeps training deterministic, and `max_seconds` is only a safety net for
+# a much slower or busier machine (reaching it breaks determinism).
 SEQREC_PRESETS: dict[str, dict[str, Any]] = {
     # ml-latest-small: many small steps (batch 16) of in-batch + uniform sampled softmax
     # (about 6 s an epoch against 11 for the full softmax over 3,650 items), strong dropout.
     "long": {"max_len": 200, "exclude_seen": True, "loss": "sampled_softmax", "batch_size": 16, "dropout": 0.5,
-             "temperature": 0.07, "epochs": 200, "patience": 25, "max_seconds": 290.0,
+             "temperature": 0.07, "epochs": 44, "patience": 25, "max_seconds": 900.0,
              "transition_window": 5, "transition_lags": 10, "transition_decay": 0.8},
     # Amazon Scientific: short histories; items by their text alone (validation: text 0.0821,
     # ids and text 0.0800, ids 0.0771 with the prior), full softmax, wider items, few epochs.
     "short": {"max_len": 50, "use_ids": False, "loss": "softmax", "batch_size": 256, "width": 128, "dropout": 0.3,
-              "temperature": 0.07, "epochs": 200, "patience": 5, "max_seconds": 200.0,
+              "temperature": 0.07, "epochs": 18, "patience": 5, "max_seconds": 900.0,
               "transition_window": 5, "transition_lags": 5, "transition_decay": 0.5},
 }
 
@@ -272,10 +275,16 @@ class SequentialRecommender(nn.Module):
         if self.item_ids is not None:
             table = table + self.item_ids.weight * self.id_mask
         if self.text_proj is not None:
-            weight = self.text_whiten @ self.text_proj.weight.T  # whitening folded into the projection
-            has_text = (self.text != 0).any(1, keepdim=True)
-            table = table + (self.text @ weight - self.text_mean @ weight) * has_text
+            table = table + self.text_rows(self.text)
         return table
+
+    def text_rows(self, vectors: torch.Tensor) -> torch.Tensor:
+        """The text part of item representations (zero rows stay zero): all an item the
+        model never saw in training has."""
+        assert self.text_proj is not None
+        weight = self.text_whiten @ self.text_proj.weight.T  # whitening folded into the projection
+        has_text = (vectors != 0).any(1, keepdim=True)
+        return (vectors @ weight - self.text_mean @ weight) * has_text
 
     def set_text(self, vectors: torch.Tensor, whiten: bool) -> None:
         """Load the frozen text vectors (row 0 and rows without text are zero) and fit
@@ -320,13 +329,23 @@ class SequentialRecommender(nn.Module):
         return self.scores(items, self.item_table(), types, gaps)
 
     def scores(self, items: torch.Tensor, table: torch.Tensor, types: torch.Tensor | None = None,
-               gaps: torch.Tensor | None = None, transitions: torch.Tensor | None = None) -> torch.Tensor:
+               gaps: torch.Tensor | None = None, transitions: torch.Tensor | None = None,
+               extra: torch.Tensor | None = None) -> torch.Tensor:
         """Scores (B, n_items + 1) of the next item after each right-padded sequence, the
-        transition prior included (`transitions`: `transition_matrix()`, if already built)."""
-        hidden, out = self.head(self.last(items, table, types, gaps), table)
+        transition prior included (`transitions`: `transition_matrix()`, if already built).
+        `extra` (E, width): representations of items outside the model (`text_rows`),
+        scored as columns n_items + 1 ... with the prior of an item without transitions."""
+        last = self.last(items, table, types, gaps)
+        hidden, out = self.head(last, table)
         scores = hidden @ out.T
+        if extra is not None:
+            scores = torch.cat([scores, hidden @ self.head(last, extra)[1].T], 1)
         if self.config.transition_window:
-            scores = scores + self.trans_scale * self.transition_prior(items, transitions)
+            prior = self.transition_prior(items, transitions)
+            if extra is not None:
+                unseen = math.log(0.01 / self.n_items)  # no evidence, no popularity: the floor
+                prior = torch.cat([prior, torch.full((len(prior), len(extra)), unseen)], 1)
+            scores = scores + self.trans_scale * prior
         scores[:, 0] = -torch.inf
         return scores
 
@@ -611,10 +630,22 @@ class TrainedModel:
                 self._table = self.module.item_table()
         return self._table
 
+    def text_rows(self, text_vectors: np.ndarray) -> torch.Tensor:
+        """Representations (len(text_vectors), width) of items the model does not know,
+        from their text alone: pass them to `score_sequences(extra=...)` to score such
+        items without changing the model (a served model is shared and immutable)."""
+        if self.module.text_proj is None:
+            raise ValueError("this model represents items by id only: it has no text path")
+        vectors = torch.from_numpy(np.ascontiguousarray(text_vectors, dtype=np.float32)).reshape(-1, _text_dim(self.module))
+        with torch.inference_mode():
+            return self.module.text_rows(vectors)
+
     def score_sequences(self, sequences: Sequence[Sequence[int]],
-                        features: Sequence[StepFeatures | None] | None = None) -> np.ndarray:
-        """Scores (len(sequences), n_items + 1) of each sequence's next item; column 0 is -inf.
-        Indices outside 1..n_items (items added after training) are skipped."""
+                        features: Sequence[StepFeatures | None] | None = None,
+                        extra: torch.Tensor | None = None) -> np.ndarray:
+        """Scores (len(sequences), n_items + 1) of each sequence's next item; column 0 is -inf;
+        with `extra` (from `text_rows`), E more columns for those items. Indices outside
+        1..n_items (items added after training) are skipped."""
         users = []
         for i, sequence in enumerate(sequences):
             encoded = _encode_user(sequence, features[i] if features else None, self.vocab)
@@ -630,12 +661,13 @@ class TrainedModel:
             table = self.item_table()
             if self.config.transition_window and self._transitions is None:
                 self._transitions = self.module.transition_matrix()
-            scores = self.module.scores(items, table, types, gaps, self._transitions)
+            scores = self.module.scores(items, table, types, gaps, self._transitions, extra)
         return scores.numpy()
 
-    def score_sequence(self, item_indices: Sequence[int], features: StepFeatures | None = None) -> np.ndarray:
-        """Scores (n_items + 1,) of the next item after this sequence (oldest first)."""
-        return self.score_sequences([item_indices], [features] if features is not None else None)[0]
+    def score_sequence(self, item_indices: Sequence[int], features: StepFeatures | None = None,
+                       extra: torch.Tensor | None = None) -> np.ndarray:
+        """Scores (n_items + 1 [+ E],) of the next item after this sequence (oldest first)."""
+        return self.score_sequences([item_indices], [features] if features is not None else None, extra)[0]
 
     def add_items(self, text_vectors: np.ndarray) -> np.ndarray:
         """Append items created after training, represented by their text alone; returns

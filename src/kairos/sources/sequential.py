@@ -8,7 +8,6 @@ product); the request's filters apply as a mask before the top k are taken.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -20,6 +19,8 @@ from kairos.state.online import OnlineState
 from kairos.state.users import SequenceStep
 
 if TYPE_CHECKING:
+    import torch
+
     from kairos.models import StepFeatures, TrainedModel  # torch: imported once a model serves
 
 EXPLAIN_FROM_LAST = 10  # recent steps searched for the one closest to the proposed item
@@ -32,18 +33,19 @@ class ServedSequential:
     """A trained model aligned with the live catalogue.
 
     The artefact names its items by id; here they map to catalogue indices. Items
-    the catalogue gained after training join the model from their text (their
-    representation is the learned projection of their embedding), so a new arrival
-    can be proposed at once; items with neither history nor text are not.
+    the catalogue gained after training are scored from their text alone (the
+    learned projection of their embedding: `TrainedModel.text_rows`) as extra
+    columns, so a new arrival can be proposed at once without touching the model,
+    which stays immutable and shared. Items with neither history nor text are not.
+    Model indices above `model.n_items` name those extra rows.
     """
 
     def __init__(self, model: TrainedModel, item_ids: list[str], catalog: Catalog,
                  text_vector: TextVectorLookup | None) -> None:
-        # A copy: items added here must not grow the registered model (a rebuild aligns again).
-        self.model = copy.deepcopy(model) if text_vector is not None else model
+        self.model = model
         self.version = model.version
         self.catalog = catalog
-        self._text_vector = text_vector
+        self._text_vector = text_vector if model.config.use_text else None
         known = {item_id: i + 1 for i, item_id in enumerate(item_ids)}
         self._model_of = np.zeros(len(catalog), dtype=np.int64)  # catalogue index -> model index (0: none)
         self._catalog_of = np.full(model.n_items + 1, -1, dtype=np.int64)  # model index -> catalogue index
@@ -53,8 +55,8 @@ class ServedSequential:
                 self._model_of[idx] = found
                 self._catalog_of[found] = idx
         self._aligned = len(catalog)  # catalogue indices below this have been mapped
+        self._extra: torch.Tensor | None = None  # text-only rows of items added after training
         self._vectors: np.ndarray | None = None
-        self._vectors_of: object = None
         self._add_new_items(np.flatnonzero(self._model_of == 0))
 
     def add_items(self, keys: list[int]) -> None:
@@ -64,8 +66,7 @@ class ServedSequential:
         self._add_new_items(np.asarray(keys, dtype=np.int64))
 
     def _add_new_items(self, candidates: np.ndarray) -> None:
-        """Give catalogue items the model has never seen a text-only representation."""
-        if self._text_vector is None or not len(candidates) or not self.model.config.use_text:
+        if self._text_vector is None or not len(candidates):
             return
         keys, vectors = [], []
         for idx in candidates.tolist():
@@ -77,9 +78,14 @@ class ServedSequential:
                 vectors.append(vector)
         if not keys:
             return
-        added = self.model.add_items(np.stack(vectors))
-        self._model_of[np.array(keys)] = added
+        import torch
+
+        rows = self.model.text_rows(np.stack(vectors))
+        first = len(self._catalog_of)
+        self._extra = rows if self._extra is None else torch.cat([self._extra, rows])
+        self._model_of[np.array(keys)] = np.arange(first, first + len(keys))
         self._catalog_of = np.concatenate([self._catalog_of, np.array(keys, dtype=np.int64)])
+        self._vectors = None
 
     def align(self) -> None:
         """Catch up with items added to the catalogue since the last request."""
@@ -92,20 +98,24 @@ class ServedSequential:
         self._add_new_items(new)
 
     def item_vectors(self) -> np.ndarray:
-        """The model's item representations as a numpy array (for explanations)."""
-        table = self.model.item_table()
-        if self._vectors is None or self._vectors_of is not table:
-            self._vectors, self._vectors_of = table.numpy(), table
+        """Every model index's representation as a numpy array (for explanations)."""
+        if self._vectors is None:
+            import torch
+
+            table = self.model.item_table()
+            self._vectors = (torch.cat([table, self._extra]) if self._extra is not None else table).numpy()
         return self._vectors
 
     def model_index(self, catalogue_index: int) -> int:
         return int(self._model_of[catalogue_index]) if catalogue_index < len(self._model_of) else 0
 
     def inputs(self, steps: list[SequenceStep]) -> tuple[list[int], StepFeatures | None]:
-        """The model's input: the user's visits the model can represent, oldest first."""
+        """The model's input: the user's visits to items it was trained on, oldest first."""
         from kairos.models import StepFeatures, event_token
 
-        visits = [s for s in steps if s.visit and self.model_index(s.item) > 0][-self.model.config.max_len :]
+        n_items = self.model.n_items
+        visits = [s for s in steps if s.visit and 0 < self.model_index(s.item) <= n_items]
+        visits = visits[-self.model.config.max_len :]
         items = [self.model_index(s.item) for s in visits]
         features = None
         if self.model.config.use_event_features:
@@ -119,7 +129,7 @@ class ServedSequential:
         items, features = self.inputs(steps)
         if not items:
             return None
-        scores = self.model.score_sequence(items, features)
+        scores = self.model.score_sequence(items, features, self._extra)
         out = np.full(len(self.catalog), -np.inf)
         placed = self._catalog_of >= 0
         out[self._catalog_of[placed]] = scores[placed]
