@@ -248,13 +248,32 @@ def test_presets_are_configs_with_overrides() -> None:
         preset_config("medium")
 
 
-def test_a_large_catalogue_scores_the_prior_through_the_sparse_path(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_served_scores_match_the_training_path_dense_and_sparse(monkeypatch: pytest.MonkeyPatch,
+                                                               tmp_path: Path) -> None:
+    """Serving computes the prior with scipy rows; training and validation with torch
+    (dense, or CSR for a large catalogue): the scores agree."""
+    import torch
+
     import kairos.models.sequential as sequential
 
     config = SeqRecConfig(**{**vars(TINY), "epochs": 1, "transition_window": 2, "transition_lags": 3})
     model = train_sequential(planted(20), N_ITEMS, text_vectors(), config)
-    dense = model.score_sequences([[1, 2, 3], [7]])
-    monkeypatch.setattr(sequential, "DENSE_TRANSITIONS", 0)
-    model._transitions = None
-    assert model.module.transition_matrix().layout == sequential.torch.sparse_csr
-    assert np.allclose(model.score_sequences([[1, 2, 3], [7]]), dense, atol=1e-5)
+    served = model.score_sequences([[1, 2, 3], [7]])
+    items = torch.tensor([[1, 2, 3], [7, 0, 0]])
+    with torch.inference_mode():
+        dense = model.module.scores(items, model.module.item_table()).numpy()
+        monkeypatch.setattr(sequential, "DENSE_TRANSITIONS", 0)
+        assert model.module.transition_matrix().layout == torch.sparse_csr
+        sparse = model.module.scores(items, model.module.item_table()).numpy()
+    assert np.allclose(served, dense, atol=1e-4) and np.allclose(served, sparse, atol=1e-4)
+    # Extra rows (items outside the model) leave the model's own scores as they were and
+    # score what the same items added to a copy would (without the prior, whose floor
+    # depends on the item count).
+    vectors = text_vectors(seed=9)[:2]
+    with_extra = model.score_sequence([4, 5], extra=model.text_rows(vectors))
+    assert np.array_equal(with_extra[: N_ITEMS + 1], model.score_sequence([4, 5]))
+    plain = train_sequential(planted(20), N_ITEMS, text_vectors(), SeqRecConfig(**{**vars(TINY), "epochs": 1}))
+    grown = TrainedModel.load(plain.save(tmp_path / "copy"))
+    grown.add_items(vectors)
+    assert np.allclose(plain.score_sequence([4, 5], extra=plain.text_rows(vectors)), grown.score_sequence([4, 5]),
+                       atol=1e-5)

@@ -617,7 +617,9 @@ class TrainedModel:
         self.created_at = created_at
         self.version = version
         self._table: torch.Tensor | None = None
-        self._transitions: torch.Tensor | None = None
+        self._keys: torch.Tensor | None = None  # the item table as the head scores it
+        self._transitions_csr: Any = None  # scipy CSR for serving (`_log_prior`)
+        self._smooth: np.ndarray | None = None
 
     @property
     def n_items(self) -> int:
@@ -657,12 +659,47 @@ class TrainedModel:
         items = torch.from_numpy(_pad([u.items for u in users], length))
         types = torch.from_numpy(_pad([u.types for u in users], length)) if self.vocab is not None else None
         gaps = torch.from_numpy(_pad([u.gaps for u in users], length)) if self.vocab is not None else None
+        module = self.module
         with torch_threads(1), torch.inference_mode():
             table = self.item_table()
-            if self.config.transition_window and self._transitions is None:
-                self._transitions = self.module.transition_matrix()
-            scores = self.module.scores(items, table, types, gaps, self._transitions, extra)
-        return scores.numpy()
+            if self._keys is None:
+                self._keys = module.head(table[:1], table)[1]  # the table as scores multiply it
+            last = module.last(items, table, types, gaps)
+            query = module.head(last, table[:1])[0]
+            scores = query @ self._keys.T
+            if extra is not None:
+                scores = torch.cat([scores, query @ module.head(last, extra)[1].T], 1)
+        scores = scores.numpy()
+        if self.config.transition_window:
+            scores += float(module.trans_scale) * self._log_prior([u.items for u in users], scores.shape[1])
+        scores[:, 0] = -np.inf
+        return scores
+
+    def _log_prior(self, sequences: Sequence[np.ndarray], width: int) -> np.ndarray:
+        """`SequentialRecommender.transition_prior` for serving, in scipy: the rows of the
+        user's latest items, summed with decaying weights (a few sparse rows, not a
+        matrix product over the catalogue); columns past n_items (extra items) get the
+        prior of an item without transitions."""
+        from scipy import sparse
+
+        module, config = self.module, self.config
+        n = module.n_items + 1
+        if self._transitions_csr is None:
+            index, value = module.trans_index.numpy(), module.trans_value.numpy()
+            self._transitions_csr = sparse.csr_matrix((value, (index[0], index[1])), shape=(n, n))
+            self._smooth = (config.transition_mix * module.trans_pop.numpy() + 0.01 / module.n_items)
+        rows, cols, weights = [], [], []
+        decay = config.transition_decay ** np.arange(config.transition_lags)
+        for row, items in enumerate(sequences):
+            recent = np.asarray(items[-config.transition_lags:])[::-1]
+            rows.append(np.full(len(recent), row))
+            cols.append(recent)
+            weights.append(decay[: len(recent)])
+        mixture = sparse.csr_matrix((np.concatenate(weights), (np.concatenate(rows), np.concatenate(cols))),
+                                    shape=(len(sequences), n))
+        prior = np.full((len(sequences), width), math.log(0.01 / module.n_items), dtype=np.float32)
+        prior[:, :n] = np.log((mixture @ self._transitions_csr).toarray() + self._smooth[None, :])
+        return prior
 
     def score_sequence(self, item_indices: Sequence[int], features: StepFeatures | None = None,
                        extra: torch.Tensor | None = None) -> np.ndarray:
@@ -687,7 +724,7 @@ class TrainedModel:
                 module.trans_pop = torch.cat([module.trans_pop, torch.zeros(count)])  # no transitions yet
         first = module.n_items + 1
         module.n_items += count
-        self._table = self._transitions = None
+        self._table = self._keys = self._transitions_csr = None
         return np.arange(first, first + count)
 
     def save(self, path: Path) -> Path:

@@ -113,10 +113,13 @@ class ServedSequential:
         """The model's input: the user's visits to items it was trained on, oldest first."""
         from kairos.models import StepFeatures, event_token
 
-        n_items = self.model.n_items
-        visits = [s for s in steps if s.visit and 0 < self.model_index(s.item) <= n_items]
-        visits = visits[-self.model.config.max_len :]
-        items = [self.model_index(s.item) for s in visits]
+        visits = [s for s in steps if s.visit]
+        if not visits:
+            return [], None
+        indices = self._model_of[np.fromiter((s.item for s in visits), dtype=np.int64, count=len(visits))]
+        known = np.flatnonzero((indices > 0) & (indices <= self.model.n_items))[-self.model.config.max_len :]
+        items = indices[known].tolist()
+        visits = [visits[i] for i in known.tolist()]
         features = None
         if self.model.config.use_event_features:
             features = StepFeatures([event_token(s.type, s.value) for s in visits], [s.timestamp for s in visits])
