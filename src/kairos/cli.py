@@ -259,9 +259,11 @@ def train(
         print(json.dumps({"published" if publish_model else "trained": run.model.version, "metrics": metrics}),
               flush=True)
     else:
+        validated = (f"valid NDCG@10 {metrics['valid_ndcg10']:.4f}, HR@10 {metrics['valid_hr10']:.4f}, "
+                     f"best epoch {metrics['best_epoch']}" if metrics.get("valid_ndcg10") is not None
+                     else f"{metrics['epochs_run']} epochs without validation")
         console.print(f"[green]trained[/] {run.model.version} ({run.preset} preset, "
-                      f"{run.model.training_seconds:.0f}s): valid NDCG@10 {metrics['valid_ndcg10']:.4f}, "
-                      f"HR@10 {metrics['valid_hr10']:.4f}, best epoch {metrics['best_epoch']}; {where}")
+                      f"{run.model.training_seconds:.0f}s): {validated}; {where}")
 
 
 @app.command()

@@ -51,14 +51,7 @@ def choose_preset(settings: Settings, data: TrainingData) -> str:
 
 def resolve_config(settings: Settings, data: TrainingData, overrides: dict[str, Any] | None = None) -> tuple[str, SeqRecConfig]:
     """The preset, then KAIROS_SEQUENTIAL_CONFIG, then `overrides`; text off without text."""
-    try:
-        from kairos.models import preset_config
-    except ImportError:  # TEMPORARY until the presets land in kairos.models
-        from kairos.models import SeqRecConfig
-
-        def preset_config(name: str, **overrides: Any) -> SeqRecConfig:
-            base = {"long": {"max_len": 200, "exclude_seen": True}, "short": {"max_len": 50}}[name]
-            return SeqRecConfig(**{**base, **overrides})
+    from kairos.models import preset_config  # torch loads only when a model is trained
 
     preset = choose_preset(settings, data)
     fields: dict[str, Any] = {**settings.sequential_config, **(overrides or {})}
