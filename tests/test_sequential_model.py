@@ -277,3 +277,35 @@ def test_served_scores_match_the_training_path_dense_and_sparse(monkeypatch: pyt
     grown.add_items(vectors)
     assert np.allclose(plain.score_sequence([4, 5], extra=plain.text_rows(vectors)), grown.score_sequence([4, 5]),
                        atol=1e-5)
+
+
+
+def test_a_cold_item_takes_the_prior_of_its_text_neighbours() -> None:
+    """Item N_ITEMS has text but no transitions: its prior is the highest among its
+    text-nearest items with transitions (not the floor), the same served, for items
+    added after training, and in the training path."""
+    import torch
+
+    config = SeqRecConfig(**{**vars(TINY), "epochs": 2, "transition_window": 2, "cold_neighbours": 3})
+    model = train_sequential(planted(20), N_ITEMS, text_vectors(), config)
+    module = model.module
+    assert float(module.trans_pop[N_ITEMS]) == 0.0
+    texts = text_vectors()  # row i - 1 is item i
+    nearest = 1 + np.argsort(-(texts[:N_SEEN] @ texts[N_ITEMS - 1]))[:3]
+    cold, neighbours = module.cold_items()
+    assert cold.tolist() == [N_ITEMS] and sorted(neighbours[0].tolist()) == sorted(nearest.tolist())
+    new = text_vectors(seed=9)[:2]
+    extra, extra_neighbours = model.text_rows(new), model.warm_neighbours(new)
+    prior = model._log_prior([np.array([1, 2, 3])], N_ITEMS + 3, extra_neighbours)[0]
+    assert prior[N_ITEMS] == prior[nearest].max()
+    assert prior[N_ITEMS + 1] == prior[extra_neighbours[0]].max()
+    served = model.score_sequence([1, 2, 3], extra=extra, extra_neighbours=extra_neighbours)
+    with torch.inference_mode():
+        trained = module.scores(torch.tensor([[1, 2, 3]]), module.item_table(), extra=extra,
+                                extra_neighbours=torch.from_numpy(extra_neighbours)).numpy()[0]
+    assert np.allclose(served, trained, atol=1e-4)
+    floor = train_sequential(planted(20), N_ITEMS, text_vectors(), SeqRecConfig(**{**vars(config), "cold_prior": "floor"}))
+    floor_prior = floor._log_prior([np.array([1, 2, 3])], N_ITEMS + 1)[0]
+    assert floor_prior[N_ITEMS] < floor_prior[1:N_ITEMS].min()  # buried whatever its text
+    with pytest.raises(ValueError, match="cold_prior"):
+        SeqRecConfig(cold_prior="mean")

@@ -56,6 +56,7 @@ class ServedSequential:
                 self._catalog_of[found] = idx
         self._aligned = len(catalog)  # catalogue indices below this have been mapped
         self._extra: torch.Tensor | None = None  # text-only rows of items added after training
+        self._extra_neighbours: np.ndarray | None = None  # their text neighbours (for the prior)
         self._vectors: np.ndarray | None = None
         self._add_new_items(np.flatnonzero(self._model_of == 0))
 
@@ -81,8 +82,11 @@ class ServedSequential:
         import torch
 
         rows = self.model.text_rows(np.stack(vectors))
+        neighbours = self.model.warm_neighbours(np.stack(vectors))
         first = len(self._catalog_of)
         self._extra = rows if self._extra is None else torch.cat([self._extra, rows])
+        self._extra_neighbours = (neighbours if self._extra_neighbours is None
+                                  else np.concatenate([self._extra_neighbours, neighbours]))
         self._model_of[np.array(keys)] = np.arange(first, first + len(keys))
         self._catalog_of = np.concatenate([self._catalog_of, np.array(keys, dtype=np.int64)])
         self._vectors = None
@@ -132,7 +136,7 @@ class ServedSequential:
         items, features = self.inputs(steps)
         if not items:
             return None
-        scores = self.model.score_sequence(items, features, self._extra)
+        scores = self.model.score_sequence(items, features, self._extra, self._extra_neighbours)
         out = np.full(len(self.catalog), -np.inf)
         placed = self._catalog_of >= 0
         out[self._catalog_of[placed]] = scores[placed]
