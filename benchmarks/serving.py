@@ -8,6 +8,11 @@ machine's core count in mind.
     .venv/bin/python benchmarks/serving.py                    # MovieLens-1M scale, ~3 min
     .venv/bin/python benchmarks/serving.py --events 50000     # smoke run, < 1 min
     .venv/bin/python benchmarks/serving.py --dataset movielens
+    .venv/bin/python benchmarks/serving.py --dataset movielens --behaviour-model --train-set epochs=10
+
+The server never trains on its own during a run (background training would take the
+CPU being measured); `--behaviour-model` trains one with `kairos train` first, so the
+`sequential` source is part of every request.
 """
 
 from __future__ import annotations
@@ -115,6 +120,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None,
                         help="Results JSON (default benchmarks/results/serving-<dataset>.json).")
     parser.add_argument("--keep-db", action="store_true", help="Keep the temporary database.")
+    parser.add_argument("--behaviour-model", action="store_true",
+                        help="Train the behaviour model (kairos train) before the server starts.")
+    parser.add_argument("--train-set", nargs="*", default=[], metavar="FIELD=VALUE",
+                        help="kairos train --set overrides (the cost of a request does not depend "
+                             "on how long the model trained).")
     args = parser.parse_args(argv)
     if args.ingest_events is None:
         args.ingest_events = min(200_000, max(INGEST_BATCH, args.events // 5))
@@ -210,6 +220,7 @@ class Server:
             [*kairos_command(), "serve", "--db", str(db_path), "--host", HOST,
              "--port", str(self.port)],
             stdout=self.log, stderr=subprocess.STDOUT,
+            env={**os.environ, "KAIROS_SEQUENTIAL_AUTO_TRAIN": "0", "KAIROS_SEQUENTIAL_RETRAIN_INTERVAL_S": "0"},
         )
         self.log_path = log_path
 
@@ -337,7 +348,24 @@ def machine_info() -> dict[str, Any]:
     return base_machine_info()
 
 
+def train_behaviour_model(prepared: Prepared, overrides: list[str]) -> dict[str, Any]:
+    """`kairos train` on the imported database; what it published."""
+    command = [*kairos_command(), "train", "--db", str(prepared.db_path), "--json"]
+    for override in overrides:
+        command += ["--set", override]
+    started = time.perf_counter()
+    finished = subprocess.run(command, capture_output=True, text=True, check=True)
+    published = [json.loads(line) for line in finished.stdout.splitlines() if line.startswith('{"published"')]
+    if not published:
+        raise RuntimeError(f"kairos train published nothing:\n{finished.stdout[-2000:]}{finished.stderr[-2000:]}")
+    print(f"[{prepared.dataset}] trained {published[-1]['published']} in {time.perf_counter() - started:.0f}s",
+          flush=True)
+    return {"version": published[-1]["published"], "overrides": overrides,
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
 def benchmark(prepared: Prepared, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    model = train_behaviour_model(prepared, args.train_set) if args.behaviour_model else None
     server_started = time.perf_counter()
     server = Server(prepared.db_path, workdir / f"{prepared.dataset}-server.log")
     try:
@@ -351,10 +379,15 @@ def benchmark(prepared: Prepared, args: argparse.Namespace, workdir: Path) -> di
         levels = recommend_phase(server, prepared.user_ids, args.levels, args.duration,
                                  args.max_requests, args.seed)
         after = httpx.get(f"{server.url}/healthz", timeout=10.0).json()
+        served = httpx.get(f"{server.url}/v1/models", timeout=10.0).json()["model_version"]
     finally:
         server.stop()
+    if model is not None and not served.endswith(model["version"]):
+        raise RuntimeError(f"the server answered as {served}, not with {model['version']}")
     return {
         "dataset": prepared.dataset,
+        "model_version": served,
+        "behaviour_model": model,
         "counts_imported": prepared.counts,
         "counts_after_ingest": _counts(after),
         "generate_seconds": round(prepared.generate_seconds, 2),
@@ -374,6 +407,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"### {result['dataset']}: {counts['users']:,} users, {counts['items']:,} items, "
         f"{counts['events']:,} events",
+        "",
+        f"Served as `{result['model_version']}`.",
         "",
         "| measure | value | target |",
         "| --- | --- | --- |",

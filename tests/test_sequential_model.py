@@ -223,6 +223,8 @@ def test_seen_before_marks_the_history_up_to_each_step() -> None:
         row[items[b, : t + 1].numpy()] = True
         expected.append(row)
     assert np.array_equal(seen.numpy(), np.array(expected))
+    columns = torch.tensor([2, 4, 2, 0])  # e.g. sampled negatives, repeats included
+    assert np.array_equal(_seen_before(items, real, 4, columns).numpy(), np.array(expected)[:, columns.numpy()])
 
 
 def test_learning_rate_schedule_warms_up_then_decays() -> None:

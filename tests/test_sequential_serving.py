@@ -194,3 +194,24 @@ def test_leave_one_out_measures_the_sequential_source(tmp_path: Path, monkeypatc
     assert result.sequential["version"].startswith("seqrec-")
     sequential = result.models["sequential"].metrics["HR@10"]
     assert sequential >= 0.8 and sequential > result.models["popular"].metrics["HR@10"] + 0.3
+
+
+def test_the_cold_start_place_moves_up_the_best_new_item_the_model_proposes(trained_engine: Engine) -> None:
+    from kairos.ranking import reciprocal_rank_fusion
+    from kairos.sources import Candidates
+
+    engine = trained_engine
+    engine.upsert_items([Item(item_id="new-a", title="The river boat"), Item(item_id="new-b", title="The tiger lily")])
+    a, b = engine.catalog.index["new-a"], engine.catalog.index["new-b"]
+    warm = [engine.catalog.index[item_id(k)] for k in range(12)]
+    proposed = np.array(warm[:8] + [b] + warm[8:] + [a])
+    fused = reciprocal_rank_fusion({"sequential": Candidates(proposed, np.linspace(1, 0.1, len(proposed)))},
+                                   {"sequential": 1.0}, len(engine.catalog))
+    served = [item for item, _, _ in engine._cold_start_slots(fused.top(12), fused, 12)]
+    # b (9th by the model, nobody engaged with it) takes place 5; the rest keep their order.
+    assert served == warm[:4] + [b] + warm[4:8] + warm[8:11]
+    # A ten that already shows a new item by that place is left alone.
+    early = np.array(warm[:2] + [a] + warm[2:])
+    fused = reciprocal_rank_fusion({"sequential": Candidates(early, np.linspace(1, 0.1, len(early)))},
+                                   {"sequential": 1.0}, len(engine.catalog))
+    assert [item for item, _, _ in engine._cold_start_slots(fused.top(10), fused, 10)] == early[:10].tolist()

@@ -378,26 +378,42 @@ class Engine:
 
     def _cold_start_slots(self, chosen: list[tuple[int, float, list[str]]], fused: Fused,
                           n: int) -> list[tuple[int, float, list[str]]]:
-        """Give place `cold_start_position` of every ten to an item nobody has engaged
-        with yet that the semantic source finds close to the user: otherwise a new
-        arrival never beats items with behaviour behind them."""
+        """Make sure each ten of the list has, by place `cold_start_position`, an item
+        nobody has engaged with yet, if one fits the user: otherwise a new arrival never
+        beats items with behaviour behind them. Fit: the behaviour model proposed it (from
+        its text and the user's sequence), or the semantic source finds it close to the
+        user; the best fused one goes first, moving up from further down the list if it
+        is there already."""
         first = self.settings.cold_start_position
-        semantic = fused.ranked.get("semantic")
-        if first == 0 or semantic is None or len(chosen) < first:
+        if first == 0 or len(chosen) < first:
             return chosen
-        places = list(range(first - 1, len(chosen), 10))
-        taken = {item for item, _, _ in chosen}
-        cold = [
-            item for item, score in zip(semantic.items.tolist(), semantic.scores.tolist(), strict=True)
-            if score >= self.settings.cold_start_min_similarity and item not in taken
-            and not self.state.popularity.engaged(item)
-        ][: len(places)]
+        engaged = self.state.popularity.engaged
+        semantic = fused.ranked.get("semantic")
+        sequential = fused.ranked.get("sequential")
+        fitting = set(sequential.items.tolist()) if sequential is not None else set()
+        if semantic is not None:
+            fitting.update(item for item, score in zip(semantic.items.tolist(), semantic.scores.tolist(), strict=True)
+                           if score >= self.settings.cold_start_min_similarity)
+        cold = sorted((item for item in fitting if not engaged(item)), key=lambda item: (-fused.scores[item], item))
         if not cold:
             return chosen
-        ranked = [entry for entry in chosen][: len(chosen) - len(cold)]
-        for place, item in zip(places, cold):
-            score = ranked[place][1] if place < len(ranked) else (ranked[-1][1] if ranked else 0.0)
-            ranked.insert(place, (item, score, ["semantic"]))
+        ranked = list(chosen)
+        for place in range(first - 1, len(ranked), 10):
+            block = ranked[place - first + 1 : place + 1]
+            if any(not engaged(item) for item, _, _ in block):
+                continue  # this ten already shows a new item by that place
+            above = {item for item, _, _ in ranked[:place]}
+            candidate = next((item for item in cold if item not in above), None)
+            if candidate is None:
+                break
+            later = next((i for i, (item, _, _) in enumerate(ranked) if item == candidate), None)
+            if later is not None:
+                del ranked[later]
+            else:
+                ranked.pop()  # the list keeps its length
+            shares = {name: c[candidate] for name, c in fused.contributions.items() if c[candidate] > 0}
+            sources = sorted(shares, key=lambda name: -shares[name]) or ["semantic"]
+            ranked.insert(place, (candidate, ranked[place][1] if place < len(ranked) else ranked[-1][1], sources))
         return ranked
 
     def _reason(self, ctx: UserContext, item: int, sources: list[str]) -> str:

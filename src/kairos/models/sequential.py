@@ -628,7 +628,7 @@ def _objective(config: SeqRecConfig, hidden: torch.Tensor, items: torch.Tensor, 
         logits = logits - log_count[candidates]
         positive = positive - log_count[target]
     if config.exclude_seen:
-        excluded = excluded | _seen_before(items, real, n_items)[:, candidates]
+        excluded = excluded | _seen_before(items, real, n_items, candidates)
     if untrained is not None:
         excluded = excluded | untrained[candidates][None, :]
     # Finite, not -inf: a row with every negative excluded must not give NaN gradients.
@@ -637,13 +637,17 @@ def _objective(config: SeqRecConfig, hidden: torch.Tensor, items: torch.Tensor, 
     return losses[present].mean()
 
 
-def _seen_before(items: torch.Tensor, real: torch.Tensor, n_items: int) -> torch.Tensor:
-    """(P, n_items + 1): at each real position (b, t) (`real` a (B, L) mask), whether item
-    i is among items[b, :t+1], the history at step t."""
+def _seen_before(items: torch.Tensor, real: torch.Tensor, n_items: int,
+                 columns: torch.Tensor | None = None) -> torch.Tensor:
+    """(P, n_items + 1), or (P, len(columns)) for those items only: at each real position
+    (b, t) (`real` a (B, L) mask), whether item i is among items[b, :t+1], the history at
+    step t."""
     b, length = items.shape
     steps = torch.arange(length, dtype=torch.int32).expand(b, length)
     first = torch.full((b, n_items + 1), length, dtype=torch.int32)  # the step of an item's first visit
     first.scatter_reduce_(1, items, steps, reduce="amin")
+    if columns is not None:
+        first = first[:, columns]  # before the rows are expanded: P x C, not P x n_items
     rows, at = real.nonzero(as_tuple=True)
     return first[rows] <= at[:, None]
 
