@@ -88,8 +88,7 @@ class SeqRecConfig:
     label_smoothing: float = 0.0  # full softmax only
     # Whether items absent from the training sequences (no behaviour yet: new arrivals,
     # held-out items) serve as negatives. Only ever negatives, they teach the model to
-    # bury items like them, text and all (cold-start HR@10 of the network alone on
-    # Scientific: 0.025 with, 0.053 without).
+    # bury items like them, text and all (see docs/benchmarks.md, cold items).
     untrained_negatives: bool = False
     # The transition prior (first-order, FPMC-like, nonparametric): the network's logits get
     # scale * log(sum_r decay^r P(next | r-th latest item) + mix * popularity + 0.01 / n),
@@ -274,6 +273,7 @@ class SequentialRecommender(nn.Module):
             self.register_buffer("trans_pop", torch.zeros(n_items + 1))
             self.register_buffer("trans_scale", torch.tensor(config.transition_scale or 0.0))
         self._cold: tuple[torch.Tensor, torch.Tensor] | None = None  # see cold_items
+        self._warm: torch.Tensor | None = None  # see warm_neighbours
 
     def _init_weights(self) -> None:
         for module in self.modules():
@@ -307,7 +307,7 @@ class SequentialRecommender(nn.Module):
     def set_text(self, vectors: torch.Tensor, whiten: bool) -> None:
         """Load the frozen text vectors (row 0 and rows without text are zero) and fit
         the whitening on the rows that have text (ZCA, scaled to unit expected norm)."""
-        self._cold = None
+        self._cold = self._warm = None
         with torch.no_grad():
             self.text.copy_(vectors)
             rows = vectors[(vectors != 0).any(1)].double()
@@ -371,7 +371,7 @@ class SequentialRecommender(nn.Module):
     # -- the transition prior --
 
     def set_transitions(self, index: torch.Tensor, value: torch.Tensor, pop: torch.Tensor) -> None:
-        self._cold = None
+        self._cold = self._warm = None
         self.trans_index = index.to(torch.long)
         self.trans_value = value.to(torch.float32)
         self.trans_pop = pop.to(torch.float32)
@@ -428,8 +428,10 @@ class SequentialRecommender(nn.Module):
     def warm_neighbours(self, vectors: torch.Tensor) -> torch.Tensor:
         """(len(vectors), up to cold_neighbours) the items with transitions and text whose
         text vectors have the highest inner product with each of `vectors`."""
-        warm = torch.nonzero((self.trans_pop > 0) & (self.text != 0).any(1)).flatten()
-        warm = warm[warm > 0]
+        if self._warm is None:
+            warm = torch.nonzero((self.trans_pop > 0) & (self.text != 0).any(1)).flatten()
+            self._warm = warm[warm > 0]
+        warm = self._warm
         count = min(self.config.cold_neighbours, len(warm))
         if not count:
             return torch.zeros(len(vectors), 0, dtype=torch.long)
@@ -687,7 +689,7 @@ class TrainedModel:
         self._keys: torch.Tensor | None = None  # the item table as the head scores it
         self._transitions_csr: Any = None  # scipy CSR for serving (`_log_prior`)
         self._cold: tuple[np.ndarray, np.ndarray] | None = None  # the module's cold_items, as numpy
-        module._cold = None
+        module._cold = module._warm = None  # derived from buffers a load may have replaced
         self._smooth: np.ndarray | None = None
 
     @property
@@ -819,7 +821,7 @@ class TrainedModel:
         first = module.n_items + 1
         module.n_items += count
         self._table = self._keys = self._transitions_csr = self._cold = None
-        module._cold = None
+        module._cold = module._warm = None
         return np.arange(first, first + count)
 
     def save(self, path: Path) -> Path:
