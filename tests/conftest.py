@@ -106,8 +106,17 @@ class Server:
                 self.process.wait()
 
 
+@pytest.fixture(scope="session")
+def text_model_exported() -> None:
+    """Export the text encoder once (ONNX, int8: a clean clone has no export yet) before
+    any server starts, so no test's first request pays for it against its timeout."""
+    from kairos.text.encoder import load_encoder
+
+    load_encoder()
+
+
 @pytest.fixture
-def server_factory(tmp_path: Path) -> Iterator[type[Server] | object]:
+def server_factory(tmp_path: Path, text_model_exported: None) -> Iterator[type[Server] | object]:
     started: list[Server] = []
 
     def make(db_path: Path | None = None, env: dict[str, str] | None = None) -> Server:
