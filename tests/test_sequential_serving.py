@@ -215,3 +215,18 @@ def test_the_cold_start_place_moves_up_the_best_new_item_the_model_proposes(trai
     fused = reciprocal_rank_fusion({"sequential": Candidates(early, np.linspace(1, 0.1, len(early)))},
                                    {"sequential": 1.0}, len(engine.catalog))
     assert [item for item, _, _ in engine._cold_start_slots(fused.top(10), fused, 10)] == early[:10].tolist()
+
+
+def test_a_one_item_list_with_the_cold_start_place_first(trained_engine: Engine,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from kairos.ranking import reciprocal_rank_fusion
+    from kairos.sources import Candidates
+
+    engine = trained_engine
+    engine.upsert_items([Item(item_id="new-c", title="The quartz clock")])
+    new = engine.catalog.index["new-c"]
+    warm = engine.catalog.index[item_id(0)]
+    fused = reciprocal_rank_fusion({"sequential": Candidates(np.array([warm, new]), np.array([0.9, 0.1]))},
+                                   {"sequential": 1.0}, len(engine.catalog))
+    monkeypatch.setattr(engine.settings, "cold_start_position", 1)
+    assert [item for item, _, _ in engine._cold_start_slots(fused.top(1), fused, 1)] == [new]

@@ -413,7 +413,8 @@ class Engine:
                 ranked.pop()  # the list keeps its length
             shares = {name: c[candidate] for name, c in fused.contributions.items() if c[candidate] > 0}
             sources = sorted(shares, key=lambda name: -shares[name]) or ["semantic"]
-            ranked.insert(place, (candidate, ranked[place][1] if place < len(ranked) else ranked[-1][1], sources))
+            score = ranked[place][1] if place < len(ranked) else (ranked[-1][1] if ranked else 0.0)
+            ranked.insert(place, (candidate, score, sources))
         return ranked
 
     def _reason(self, ctx: UserContext, item: int, sources: list[str]) -> str:
