@@ -411,8 +411,7 @@ class Engine:
                 del ranked[later]
             else:
                 ranked.pop()  # the list keeps its length
-            shares = {name: c[candidate] for name, c in fused.contributions.items() if c[candidate] > 0}
-            sources = sorted(shares, key=lambda name: -shares[name]) or ["semantic"]
+            sources = fused.sources_of(candidate) or ["semantic"]
             score = ranked[place][1] if place < len(ranked) else (ranked[-1][1] if ranked else 0.0)
             ranked.insert(place, (candidate, score, sources))
         return ranked

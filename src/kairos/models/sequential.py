@@ -275,6 +275,11 @@ class SequentialRecommender(nn.Module):
         self._cold: tuple[torch.Tensor, torch.Tensor] | None = None  # see cold_items
         self._warm: torch.Tensor | None = None  # see warm_neighbours
 
+    def forget_neighbours(self) -> None:
+        """Drop what cold_items and warm_neighbours derived from the text and transitions
+        (after either changes: training, loading, items appended)."""
+        self._cold = self._warm = None
+
     def _init_weights(self) -> None:
         for module in self.modules():
             if isinstance(module, nn.Embedding):
@@ -307,7 +312,7 @@ class SequentialRecommender(nn.Module):
     def set_text(self, vectors: torch.Tensor, whiten: bool) -> None:
         """Load the frozen text vectors (row 0 and rows without text are zero) and fit
         the whitening on the rows that have text (ZCA, scaled to unit expected norm)."""
-        self._cold = self._warm = None
+        self.forget_neighbours()
         with torch.no_grad():
             self.text.copy_(vectors)
             rows = vectors[(vectors != 0).any(1)].double()
@@ -371,7 +376,7 @@ class SequentialRecommender(nn.Module):
     # -- the transition prior --
 
     def set_transitions(self, index: torch.Tensor, value: torch.Tensor, pop: torch.Tensor) -> None:
-        self._cold = self._warm = None
+        self.forget_neighbours()
         self.trans_index = index.to(torch.long)
         self.trans_value = value.to(torch.float32)
         self.trans_pop = pop.to(torch.float32)
@@ -689,7 +694,7 @@ class TrainedModel:
         self._keys: torch.Tensor | None = None  # the item table as the head scores it
         self._transitions_csr: Any = None  # scipy CSR for serving (`_log_prior`)
         self._cold: tuple[np.ndarray, np.ndarray] | None = None  # the module's cold_items, as numpy
-        module._cold = module._warm = None  # derived from buffers a load may have replaced
+        module.forget_neighbours()  # derived from buffers a load may have replaced
         self._smooth: np.ndarray | None = None
 
     @property
@@ -821,7 +826,7 @@ class TrainedModel:
         first = module.n_items + 1
         module.n_items += count
         self._table = self._keys = self._transitions_csr = self._cold = None
-        module._cold = module._warm = None
+        module.forget_neighbours()
         return np.arange(first, first + count)
 
     def save(self, path: Path) -> Path:

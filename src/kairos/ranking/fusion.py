@@ -24,11 +24,13 @@ class Fused:
     def top(self, n: int) -> list[tuple[int, float, list[str]]]:
         """The n best items: (index, score, sources by decreasing contribution)."""
         best = top_k(self.scores, n)
-        out = []
-        for item, score in zip(best.items.tolist(), best.scores.tolist(), strict=True):
-            shares = {name: c[item] for name, c in self.contributions.items() if c[item] > 0}
-            out.append((item, score, sorted(shares, key=lambda name: -shares[name])))
-        return out
+        return [(item, score, self.sources_of(item))
+                for item, score in zip(best.items.tolist(), best.scores.tolist(), strict=True)]
+
+    def sources_of(self, item: int) -> list[str]:
+        """The sources that proposed the item, by decreasing contribution."""
+        shares = {name: c[item] for name, c in self.contributions.items() if c[item] > 0}
+        return sorted(shares, key=lambda name: -shares[name])
 
 
 def reciprocal_rank_fusion(ranked: dict[str, Candidates], weights: dict[str, float], n_items: int) -> Fused:

@@ -81,8 +81,9 @@ class ServedSequential:
             return
         import torch
 
-        rows = self.model.text_rows(np.stack(vectors))
-        neighbours = self.model.warm_neighbours(np.stack(vectors))
+        stacked = np.stack(vectors)
+        rows = self.model.text_rows(stacked)
+        neighbours = self.model.warm_neighbours(stacked)
         first = len(self._catalog_of)
         self._extra = rows if self._extra is None else torch.cat([self._extra, rows])
         self._extra_neighbours = (neighbours if self._extra_neighbours is None
