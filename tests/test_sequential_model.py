@@ -311,3 +311,23 @@ def test_a_cold_item_takes_the_prior_of_its_text_neighbours() -> None:
     assert floor_prior[N_ITEMS] < floor_prior[1:N_ITEMS].min()  # buried whatever its text
     with pytest.raises(ValueError, match="cold_prior"):
         SeqRecConfig(cold_prior="mean")
+
+
+def test_one_item_scored_for_many_users_matches_full_scoring() -> None:
+    """Push targeting scores one item for every user from cached queries, normalisers and
+    prior columns: the same log-probabilities as scoring each user's whole catalogue, for
+    items with transitions, a cold item (N_ITEMS) and an extra item outside the model."""
+    config = SeqRecConfig(**{**vars(TINY), "epochs": 2, "transition_window": 2, "transition_lags": 3,
+                             "cold_neighbours": 3})
+    model = train_sequential(planted(20), N_ITEMS, text_vectors(), config)
+    new = text_vectors(seed=9)[:2]
+    extra, extra_neighbours = model.text_rows(new), model.warm_neighbours(new)
+    sequences = [[1, 2, 3], [7], [9, 10, 11, 12, 13]]
+    full = model.score_sequences(sequences, extra=extra, extra_neighbours=extra_neighbours)
+    expected = full - np.log(np.exp(full[:, 1:]).sum(1, keepdims=True))
+    queries, lse, recent = model.user_queries(sequences, extra=extra, extra_neighbours=extra_neighbours)
+    assert recent[0].tolist() == [3, 2, 1] and recent[1].tolist() == [7, 0, 0]
+    keys = model.item_keys(extra)
+    columns = np.array([2, 14, N_ITEMS, N_ITEMS + 1, N_ITEMS + 2])
+    got = queries @ keys[columns].T + model.prior_columns(recent, columns, extra_neighbours) - lse[:, None]
+    assert np.allclose(got, expected[:, columns], atol=1e-4)

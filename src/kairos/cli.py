@@ -19,6 +19,9 @@ app = typer.Typer(help="Kairos: real-time personalized recommendation and push."
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
 import_app = typer.Typer(help="Import a dataset or a file into the store.", no_args_is_help=True)
 app.add_typer(import_app, name="import")
+push_app = typer.Typer(help="Push: preview, send and follow notifications; fit the calibration.",
+                       no_args_is_help=True)
+app.add_typer(push_app, name="push")
 console = Console()
 
 DbOption = Annotated[
@@ -69,6 +72,9 @@ def _serve(engine: Engine, host: str, port: int) -> None:
 
     # The rebuilt state is millions of long-lived objects: move them out of the
     # collector's sight, or every full collection pauses serving for most of a second.
+    if engine.semantic is not None:
+        # Before the port opens: a first request must not pay for an export or a load.
+        engine.semantic.warm_up()
     gc.collect()
     gc.freeze()
     stats = engine.stats()
@@ -78,6 +84,20 @@ def _serve(engine: Engine, host: str, port: int) -> None:
         f"on http://{host}:{port}  (API docs: http://{host}:{port}/docs)"
     )
     uvicorn.run(create_app(engine), host=host, port=port, log_level="warning")
+
+
+@app.command()
+def prepare() -> None:
+    """Export and quantise the text model into the user's cache folder (KAIROS_TEXT_CACHE_DIR),
+    once per machine: `make setup` runs it, and a server does it before it answers."""
+    from kairos.text.encoder import prepare_encoder
+
+    settings = Settings()
+    if not settings.semantic_enabled:
+        console.print("the language-model layer is off (KAIROS_SEMANTIC_ENABLED=false): nothing to prepare")
+        return
+    encoder, seconds = prepare_encoder(settings)
+    console.print(f"[green]text model ready[/] {encoder.model_id} in {settings.text_cache_dir} ({seconds:.1f}s)")
 
 
 @app.command()
@@ -370,8 +390,177 @@ def evaluate(
     console.print(f"[green]wrote[/] {', '.join(str(p) for p in written)}")
 
 
+# -- push ----------------------------------------------------------------------------------
+
+UrlOption = Annotated[str | None, typer.Option("--url", help="The running server (default: "
+                                                           "http://KAIROS_HOST:KAIROS_PORT).")]
+
+
+def _api(url: str | None) -> Any:
+    import httpx
+
+    settings = Settings()
+    base = url or f"http://{settings.host}:{settings.port}"
+    return httpx.Client(base_url=base, timeout=30.0)
+
+
+def _call(client: Any, method: str, path: str, **kwargs: Any) -> Any:
+    import httpx
+
+    try:
+        response = client.request(method, path, **kwargs)
+    except httpx.TransportError as error:
+        raise _fail(RuntimeError(f"no Kairos server at {client.base_url} ({error}); start one with "
+                                 "`kairos serve` or pass --url")) from None
+    if response.status_code >= 400:
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = response.text
+        raise _fail(RuntimeError(f"{response.status_code}: {message}"))
+    return response.json()
+
+
+@push_app.command("preview")
+def push_preview(
+    item_id: Annotated[str, typer.Argument(help="The item to notify about.")],
+    n: Annotated[int, typer.Option("-n", help="How many users.")] = 20,
+    url: UrlOption = None,
+) -> None:
+    """Who would be notified about an item, with p and reason. Nothing is sent."""
+    with _api(url) as client:
+        rows = _call(client, "GET", "/v1/push/preview", params={"item_id": item_id, "n": n})
+    table = Table(title=f"Who would hear about {item_id}")
+    for column in ("#", "user_id", "p", "policy", "channel", "reason"):
+        table.add_column(column)
+    for rank, row in enumerate(rows, 1):
+        table.add_row(str(rank), row["user_id"], f"{row['p']:.4f}", row["decision"], row["channel"] or "",
+                      row["reason"])
+    console.print(table)
+
+
+@push_app.command("send")
+def push_send(
+    item_ids: Annotated[list[str], typer.Argument(help="The item (or items: each user gets their best).")],
+    campaign_id: Annotated[str | None, typer.Option("--id", help="Campaign id (sending it again changes "
+                                                                 "nothing).")] = None,
+    max_users: Annotated[int | None, typer.Option(help="Notify at most this many users.")] = None,
+    min_p: Annotated[float | None, typer.Option(help="Only users at least this likely to engage.")] = None,
+    user: Annotated[list[str] | None, typer.Option("--user", help="Exactly these users (repeatable).")] = None,
+    send_time: Annotated[str, typer.Option(help="now, optimal, or epoch seconds / ISO time.")] = "now",
+    title: Annotated[str | None, typer.Option(help="Default: the item's title.")] = None,
+    body: Annotated[str | None, typer.Option(help="Default: the item's text.")] = None,
+    url: UrlOption = None,
+) -> None:
+    """Send a campaign through the running server: it picks and ranks the audience."""
+    request: dict[str, Any] = {"audience": {}, "send_time": send_time}
+    request["item_id" if len(item_ids) == 1 else "item_ids"] = item_ids[0] if len(item_ids) == 1 else item_ids
+    for key, value in (("id", campaign_id), ("title", title), ("body", body)):
+        if value is not None:
+            request[key] = value
+    if user:
+        request["audience"]["user_ids"] = user
+    if max_users is not None:
+        request["audience"]["max_users"] = max_users
+    if min_p is not None:
+        request["audience"]["min_p"] = min_p
+    with _api(url) as client:
+        campaign = _call(client, "POST", "/v1/push/campaigns", json=request)
+    console.print(f"[green]campaign[/] {campaign['id']} ({campaign['state']}): {campaign['counts']}"
+                  + (f", not sent: {campaign['suppressed']}" if campaign["suppressed"] else ""))
+
+
+@push_app.command("status")
+def push_status(
+    campaign_id: Annotated[str | None, typer.Option("--campaign", help="One campaign's counts.")] = None,
+    url: UrlOption = None,
+) -> None:
+    """Counts by status and suppression reason, latencies, open and click rates."""
+    import json
+
+    with _api(url) as client:
+        found = _call(client, "GET", f"/v1/push/campaigns/{campaign_id}" if campaign_id else "/v1/push/stats")
+    console.print_json(json.dumps(found))
+
+
+@push_app.command("calibrate")
+def push_calibrate(
+    db: DbOption = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress output.")] = False,
+) -> None:
+    """Fit the map from targeting scores to p on the event log (a server picks it up)."""
+    from kairos.push.calibration import describe, fit_calibration
+    from kairos.push.database import PushDatabase
+
+    settings = _settings(db)
+    engine = Engine(settings, rebuild=False)
+    try:
+        registry = engine.model_registry()
+        version = registry.current_version()
+        registered = registry.load(version) if version else None
+        calibrator = fit_calibration(engine.store, settings, registered, quiet=quiet)
+    except ValueError as error:
+        engine.close()
+        raise _fail(error) from None
+    push_db = PushDatabase(engine.store_path(), settings.sqlite_synchronous)
+    with push_db.transaction() as connection:
+        PushDatabase.set_meta(connection, "calibration", calibrator.to_json())
+    push_db.close()
+    engine.close()
+    if not quiet:
+        summary = describe(calibrator)
+        console.print(f"[green]calibrated[/] on {summary['items']} items, {summary['positives']} positives: "
+                      f"held-out AUC {summary['held_out_auc'] or float('nan'):.3f}, log loss "
+                      f"{summary['held_out_log_loss']:.4f}, base rate {summary['base_rate']:.5f}")
+
+
+@app.command("push-worker")
+def push_worker(db: DbOption = None) -> None:
+    """Deliver due notifications (more capacity beside `kairos serve`, or its only
+    deliverer with KAIROS_PUSH_INLINE_WORKER=false). Stops on Ctrl-C or SIGTERM."""
+    import signal
+    import threading
+
+    from kairos.clock import WallClock
+    from kairos.push.channels import EmailChannel, InboxChannel, WebhookChannel
+    from kairos.push.database import PushDatabase
+    from kairos.push.outbox import Outbox
+    from kairos.push.worker import DeliveryWorker
+    from kairos.store import SQLiteStore
+
+    settings = _settings(db)
+    clock = WallClock()
+    push_db = PushDatabase(settings.db_path, settings.sqlite_synchronous)
+    store = SQLiteStore(settings.db_path, synchronous=settings.sqlite_synchronous)
+
+    def address(user_id: str) -> str | None:
+        record = store.get_user(user_id)
+        email = record.attributes.get("email") if record is not None else None
+        return email if isinstance(email, str) and "@" in email else None
+
+    channels = {"webhook": WebhookChannel(push_db, settings, clock), "email": EmailChannel(settings, clock, address),
+                "inbox": InboxChannel()}
+    worker = DeliveryWorker(Outbox(push_db), settings, clock, channels)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    worker.start()
+    console.print(f"[bold green]Kairos push worker[/] {worker.name} delivering from {settings.db_path}")
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    worker.stop()
+    console.print(f"delivered {worker.delivered:,} notifications")
+    store.close()
+    push_db.close()
+
+
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Our own notes at INFO; libraries (onnxruntime's quantiser writes hundreds of INFO
+    # lines) only when something is wrong.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kairos").setLevel(logging.INFO)
     app()
 
 

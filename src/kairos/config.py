@@ -7,12 +7,18 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
+import platformdirs
 from pydantic import Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from kairos.schema import EventType
 
 DAY = 86_400.0
+
+
+def user_cache_dir() -> Path:
+    """Kairos's folder in the user's cache (XDG on Linux, ~/Library/Caches on macOS)."""
+    return Path(platformdirs.user_cache_dir("kairos", appauthor=False))
 
 DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
     EventType.impression: 0.0,
@@ -24,6 +30,9 @@ DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
     EventType.purchase: 8.0,
     EventType.dislike: -4.0,
     EventType.skip: -1.0,
+    EventType.push_open: 0.5,  # opened a notification: mild interest in its item
+    EventType.push_click: 2.0,  # as a click
+    EventType.push_dismiss: -1.0,  # as a skip
 }
 
 
@@ -83,7 +92,10 @@ class Settings(BaseSettings):
         description="Inference backend; int8 was chosen by benchmarks/encoder.py (results/encoder.json).",
     )
     text_cache_dir: Path = Field(
-        default=Path(".kairos-cache"), description="Exported ONNX files (KAIROS_TEXT_CACHE_DIR)."
+        default_factory=lambda: user_cache_dir(),
+        description="Exported ONNX files and the machine-wide embedding cache (KAIROS_TEXT_CACHE_DIR); "
+        "default: the user's cache folder ($XDG_CACHE_HOME/kairos, usually ~/.cache/kairos), so every "
+        "database and working directory on a machine shares one export.",
     )
     text_threads: int = Field(default=1, ge=1, description="Intra-op threads of the text encoder.")
 
@@ -140,6 +152,60 @@ class Settings(BaseSettings):
         default=2.0, gt=0, description="How often a server looks for a newer model in the registry "
         "(one trained by `kairos train` in another process is picked up this way).")
     models_kept: int = Field(default=3, ge=1, description="Versions kept in the registry.")
+
+    # Push (kairos.push): triggers -> targeting -> policy -> outbox -> channels. See docs/push.md.
+    push_enabled: bool = Field(default=True, description="Run push: triggers, the outbox and its delivery.")
+    push_triggers: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Per-trigger overrides over the defaults of push/config.py, e.g. "
+        "{\"digest\": {\"enabled\": false}, \"cart_abandoned\": {\"after_s\": 900}}.")
+    push_default_channels: list[str] = Field(
+        default_factory=lambda: ["webhook", "email", "inbox"],
+        description="Channels of a user without preferences, in order of preference; the first one "
+        "that can reach the user is used (webhook: configured; email: SMTP configured and the user "
+        "has an `email` attribute; inbox: always).")
+    push_default_timezone: str = Field(default="UTC", description="IANA zone of a user who has not set one.")
+    push_default_quiet_hours: tuple[str, str] = Field(
+        default=("22:00", "08:00"), description="Quiet hours (start, end; local time) of a user who has not "
+        "set any; equal start and end mean none.")
+    push_max_per_day: int = Field(default=3, ge=0, description="Notifications per user per local day.")
+    push_max_per_week: int = Field(default=10, ge=0, description="Notifications per user in any 7 days.")
+    push_max_per_type_per_day: int = Field(default=1, ge=0, description="Of one type, per user per local day.")
+    push_min_gap_s: float = Field(default=3600.0, ge=0, description="Least time between two notifications "
+                                  "to a user; a closer one is deferred (or expires).")
+    push_same_item_days: float = Field(default=30.0, ge=0, description="Never the same item twice to a user "
+                                       "within this many days.")
+    push_max_per_hour: int = Field(default=100_000, ge=0, description="Global budget: notifications due in "
+                                   "any one hour (UTC), all users and triggers together.")
+    push_fatigue_after: int = Field(default=3, ge=1, description="A user who ignored this many of their latest "
+                                    "notifications in a row needs a higher p ...")
+    push_fatigue_p_step: float = Field(default=0.05, ge=0, le=1, description="... by this much per ignored one "
+                                       "from the K-th on.")
+    push_ignored_after_s: float = Field(default=DAY, gt=0, description="A delivered notification without an "
+                                        "open or click after this long counts as ignored.")
+    push_default_send_hour: int = Field(default=19, ge=0, le=23, description="Local hour for an optimal send "
+                                        "time when a user has no event history.")
+    push_lease_s: float = Field(default=30.0, gt=0, description="How long a worker holds a notification it "
+                                "is sending; past it (the worker died) another worker sends it again.")
+    push_batch: int = Field(default=200, ge=1, description="Notifications a worker claims at once.")
+    push_concurrency: int = Field(default=32, ge=1, description="Deliveries a worker has in flight at once.")
+    push_inline_worker: bool = Field(default=True, description="`kairos serve` delivers too; "
+                                     "`kairos push-worker` processes add delivery capacity.")
+    push_webhook_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    push_webhook_max_attempts: int = Field(default=8, ge=1, le=50, description="Tries before a notification "
+                                           "is dead (5xx and timeouts are retried, 4xx are not).")
+    push_retry_base_s: float = Field(default=2.0, gt=0, description="First retry delay; doubles each try, "
+                                     "with full jitter, up to push_retry_max_s.")
+    push_retry_max_s: float = Field(default=600.0, gt=0)
+    push_smtp_host: str = Field(default="", description="SMTP server for the email channel; empty = no email.")
+    push_smtp_port: int = Field(default=25, ge=1, le=65535)
+    push_smtp_from: str = "Kairos <kairos@localhost>"
+    push_smtp_starttls: bool = False
+    push_smtp_username: str = ""
+    push_smtp_password: str = ""
+    push_calibration_min_events: int = Field(default=2000, ge=1, description="A server fits the push "
+                                             "calibration in the background once the log has this many events.")
+    push_poll_s: float = Field(default=0.5, gt=0, description="How often push looks for work it was not "
+                               "woken for (events written by another process, due notifications, SSE).")
 
     @classmethod
     def settings_customise_sources(

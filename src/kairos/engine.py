@@ -23,6 +23,7 @@ import numpy as np
 
 from kairos.clock import Clock, WallClock
 from kairos.config import Settings
+from kairos.listeners import Listeners
 from kairos.ranking import Fused, reciprocal_rank_fusion
 from kairos.schema import Event, Item, ItemFields, Recommendations, RecommendedItem, SequenceEntry
 from kairos.schema import SearchResults, SimilarItems, User, UserView
@@ -103,10 +104,16 @@ class Engine:
         self._lock = threading.RLock()
         self.semantic: SemanticState | None = None
         self.registered: RegisteredModel | None = None  # the behaviour model served, as trained
+        self.listeners = Listeners()  # told after each durable write (push, live streams)
         self._reset_state()
         self.rebuild_seconds = 0.0
         if rebuild:
             self.rebuild_state(progress)
+
+    @property
+    def lock(self) -> threading.RLock:
+        """Held by every write: hold it to read the online state consistently (push does)."""
+        return self._lock
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -248,6 +255,7 @@ class Engine:
             self.state.apply(records)
             if self.semantic is not None:
                 self.semantic.apply(records, self.settings.event_weight)
+        self.listeners.events_ingested(records)
         return len(records)
 
     def upsert_items(self, items: Sequence[Item]) -> list[ItemRecord]:
@@ -274,6 +282,7 @@ class Engine:
             if self.state.sequential is not None:
                 # ... and the behaviour model represents it from its text.
                 self.state.sequential.add_items([self.catalog.index[r.item_id] for r in records])
+        self.listeners.items_upserted(records)
         return records
 
     def upsert_item(self, item_id: str, fields: ItemFields) -> ItemRecord:
@@ -286,6 +295,7 @@ class Engine:
             record.available = False
             self.store.upsert_items([record])
             self.catalog.set_available(self.catalog.index[item_id], False)
+        self.listeners.items_upserted([record])
         return record
 
     def upsert_users(self, users: Sequence[User]) -> list[UserRecord]:
@@ -297,6 +307,7 @@ class Engine:
             if self.semantic is not None:
                 for record in records:
                     self.semantic.set_user_text(record.user_id, record.text)
+        self.listeners.users_upserted(records)
         return records
 
     def upsert_user(self, user: User) -> UserRecord:
@@ -312,6 +323,7 @@ class Engine:
             self.state.forget(user_id, events)
             if self.semantic is not None:
                 self.semantic.forget(user_id)
+        self.listeners.user_forgotten(user_id)
         return deleted
 
     # -- reads ----------------------------------------------------------------------------

@@ -41,11 +41,16 @@ class EventType(StrEnum):
     rating = "rating"
     dislike = "dislike"
     skip = "skip"
+    # What a user did with a notification (POST /v1/notifications/{id}/feedback records them).
+    push_open = "push_open"
+    push_click = "push_click"  # counts as a click on the item
+    push_dismiss = "push_dismiss"
 
 
 # Events that are exposures or rejections, not visits: they never join
 # co-visitation pairs and never mark an item as seen.
-NON_VISIT_TYPES = frozenset({EventType.impression, EventType.dislike, EventType.skip})
+NON_VISIT_TYPES = frozenset({EventType.impression, EventType.dislike, EventType.skip,
+                             EventType.push_open, EventType.push_dismiss})
 
 
 def _check_id(value: str) -> str:

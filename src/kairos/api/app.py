@@ -1,5 +1,6 @@
 """The FastAPI app factory. The contract of /v1 is fixed: extend it, don't change it."""
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
@@ -13,7 +14,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from kairos import __version__
 from kairos.api.errors import error_body, install_error_handlers
 from kairos.api.metrics import ApiMetrics, RequestMiddleware
+from kairos.api.push import push_router
 from kairos.engine import Engine, NotFound
+from kairos.push.metrics import OutboxCollector, PushMetrics
+from kairos.push.service import PushService
 from kairos.schema import (
     EventBatch,
     ItemBatch,
@@ -104,19 +108,31 @@ class FormBodyAsJson:
         await self.app(scope, receive, send)
 
 
-def create_app(engine: Engine, manage_models: bool = True) -> FastAPI:
+def create_app(engine: Engine, manage_models: bool = True, push: bool | None = None) -> FastAPI:
     """`manage_models`: follow the model registry and train in the background (see
-    training/background.py) for as long as the app runs."""
+    training/background.py) for as long as the app runs. `push`: run push (triggers,
+    the outbox and its delivery; default: KAIROS_PUSH_ENABLED)."""
     manager = ModelManager(engine)
+    metrics = ApiMetrics(engine)
+    push_service = None
+    if engine.settings.push_enabled if push is None else push:
+        push_service = PushService(engine, metrics=PushMetrics(metrics.registry))
+        metrics.registry.register(OutboxCollector(push_service.outbox))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if manage_models:
             manager.start()
+        if push_service is not None:
+            push_service.hub.bind(asyncio.get_running_loop())
+            push_service.start()
         try:
             yield
         finally:
             manager.stop()
+            if push_service is not None:
+                push_service.stop()
+                push_service.close()
 
     app = FastAPI(
         title="Kairos",
@@ -126,7 +142,7 @@ def create_app(engine: Engine, manage_models: bool = True) -> FastAPI:
     )
     app.state.engine = engine
     app.state.models = manager
-    metrics = ApiMetrics(engine)
+    app.state.push = push_service
     app.state.metrics = metrics
     install_error_handlers(app)
     app.add_middleware(FormBodyAsJson)
@@ -259,6 +275,10 @@ def create_app(engine: Engine, manage_models: bool = True) -> FastAPI:
             raise NotFound("model", request.version) from None
         engine.load_current_model()
         return manager.status()
+
+    # -- push (api/push.py) ---------------------------------------------------------------
+
+    app.include_router(push_router(max_n))
 
     # -- operations -----------------------------------------------------------------------
 

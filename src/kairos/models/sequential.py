@@ -734,6 +734,13 @@ class TrainedModel:
         with `extra` (from `text_rows`) and `extra_neighbours` (from `warm_neighbours`), E
         more columns for those items. Indices outside 1..n_items (items added after
         training) are skipped."""
+        return self._scores(sequences, features, extra, extra_neighbours)[0]
+
+    def _scores(self, sequences: Sequence[Sequence[int]], features: Sequence[StepFeatures | None] | None,
+                extra: torch.Tensor | None, extra_neighbours: np.ndarray | None
+                ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        """Full scores, the queries they were computed from (before the transition prior)
+        and the sequences as the model read them."""
         users = []
         for i, sequence in enumerate(sequences):
             encoded = _encode_user(sequence, features[i] if features else None, self.vocab)
@@ -760,7 +767,81 @@ class TrainedModel:
             scores += float(module.trans_scale) * self._log_prior([u.items for u in users], scores.shape[1],
                                                                   extra_neighbours)
         scores[:, 0] = -np.inf
-        return scores
+        return scores, query.numpy(), [u.items for u in users]
+
+    # -- item -> user targeting (push): one item scored for many users --
+
+    def user_queries(self, sequences: Sequence[Sequence[int]],
+                     features: Sequence[StepFeatures | None] | None = None,
+                     extra: torch.Tensor | None = None, extra_neighbours: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """What scoring one item for many users needs, per sequence: its query (the network's
+        score of item j is query @ item_keys()[j]), the log-sum-exp of its full scores (the
+        softmax normaliser over every item, extra ones included) and its latest items, latest
+        first (`transition_lags` columns, 0 = none) for `prior_columns`. Then
+        log P(j | sequence) = query @ key_j + prior_columns(...)_j - lse, for any j, without
+        scoring the whole catalogue per user again."""
+        scores, query, read = self._scores(sequences, features, extra, extra_neighbours)
+        top = scores[:, 1:].max(1, keepdims=True)
+        lse = (np.log(np.exp(scores[:, 1:] - top).sum(1)) + top[:, 0]).astype(np.float64)
+        lags = self.config.transition_lags
+        recent = np.zeros((len(read), lags), dtype=np.int64)
+        for row, items in enumerate(read):
+            latest = items[-lags:][::-1]
+            recent[row, : len(latest)] = latest
+        return query.astype(np.float32), lse, recent
+
+    def item_keys(self, extra: torch.Tensor | None = None) -> np.ndarray:
+        """(n_items + 1 [+ E], d) the item side of the network's scores (see `user_queries`)."""
+        with torch.inference_mode():
+            table = self.item_table()
+            keys = self.module.head(table[:1], table)[1]
+            if extra is not None:
+                keys = torch.cat([keys, self.module.head(table[:1], extra)[1]])
+        return keys.numpy().astype(np.float32)
+
+    def prior_columns(self, recent: np.ndarray, columns: np.ndarray,
+                      extra_neighbours: np.ndarray | None = None) -> np.ndarray:
+        """(len(recent), len(columns)) the weighted transition prior (what `score_sequences`
+        adds to the network's scores) of the items `columns` for users whose latest items are
+        the rows of `recent` (from `user_queries`); columns past n_items are extra items,
+        priced by `extra_neighbours` as in scoring. Zeros without a transition prior."""
+        module, config = self.module, self.config
+        if not config.transition_window:
+            return np.zeros((len(recent), len(columns)), dtype=np.float32)
+        from scipy import sparse
+
+        n = module.n_items + 1
+        if self._transitions_csr is None:
+            self._log_prior([np.array([1])], n)  # builds the CSR and the smoothing once
+        if self._cold is None:
+            cold, neighbours = module.cold_items()
+            self._cold = (cold.numpy(), neighbours.numpy())
+        cold, cold_neighbours = self._cold
+        cold_of = {int(c): cold_neighbours[i] for i, c in enumerate(cold.tolist())}
+        sources: list[np.ndarray] = []  # per requested column: the columns whose prior it takes
+        for column in np.asarray(columns).tolist():
+            if column >= n:
+                neighbours = (extra_neighbours[column - n] if extra_neighbours is not None
+                              and config.cold_prior != "floor" else np.zeros(0, dtype=np.int64))
+                sources.append(np.asarray(neighbours, dtype=np.int64))
+            elif column in cold_of:
+                sources.append(np.asarray(cold_of[column], dtype=np.int64))
+            else:
+                sources.append(np.array([column], dtype=np.int64))
+        needed = np.unique(np.concatenate([*sources, np.zeros(0, dtype=np.int64)]))
+        decay = (config.transition_decay ** np.arange(recent.shape[1])).astype(np.float32)
+        rows, lags = np.nonzero(recent > 0)
+        mixture = sparse.csr_matrix((decay[lags], (rows, recent[rows, lags])), shape=(len(recent), n))
+        evidence = (mixture @ self._transitions_csr[:, needed]).toarray() if len(needed) else \
+            np.zeros((len(recent), 0))
+        log_prior = np.log(evidence + self._smooth[needed][None, :])
+        floor = math.log(0.01 / module.n_items)
+        out = np.full((len(recent), len(sources)), floor, dtype=np.float32)
+        for j, source in enumerate(sources):
+            if len(source):
+                out[:, j] = log_prior[:, np.searchsorted(needed, source)].max(1)
+        return float(module.trans_scale) * out
 
     def _log_prior(self, sequences: Sequence[np.ndarray], width: int,
                    extra_neighbours: np.ndarray | None = None) -> np.ndarray:

@@ -58,6 +58,7 @@ class ServedSequential:
         self._extra: torch.Tensor | None = None  # text-only rows of items added after training
         self._extra_neighbours: np.ndarray | None = None  # their text neighbours (for the prior)
         self._vectors: np.ndarray | None = None
+        self._keys: np.ndarray | None = None  # item keys for push targeting (item_keys)
         self._add_new_items(np.flatnonzero(self._model_of == 0))
 
     def add_items(self, keys: list[int]) -> None:
@@ -90,7 +91,7 @@ class ServedSequential:
                                   else np.concatenate([self._extra_neighbours, neighbours]))
         self._model_of[np.array(keys)] = np.arange(first, first + len(keys))
         self._catalog_of = np.concatenate([self._catalog_of, np.array(keys, dtype=np.int64)])
-        self._vectors = None
+        self._vectors = self._keys = None
 
     def align(self) -> None:
         """Catch up with items added to the catalogue since the last request."""
@@ -129,6 +130,36 @@ class ServedSequential:
         if self.model.config.use_event_features:
             features = StepFeatures([event_token(s.type, s.value) for s in visits], [s.timestamp for s in visits])
         return items, features
+
+    # -- one item for many users (push targeting) --
+
+    def user_queries(self, step_lists: list[list[SequenceStep]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`TrainedModel.user_queries` for users given by their recent steps (see there); a
+        user none of whose visits the model knows gets lse = nan."""
+        self.align()
+        inputs = [self.inputs(steps) for steps in step_lists]
+        known = [i for i, (items, _) in enumerate(inputs) if items]
+        d = self.item_keys().shape[1]
+        queries = np.zeros((len(inputs), d), dtype=np.float32)
+        lse = np.full(len(inputs), np.nan)
+        recent = np.zeros((len(inputs), self.model.config.transition_lags), dtype=np.int64)
+        if known:
+            features = [inputs[i][1] for i in known]
+            q, n, r = self.model.user_queries([inputs[i][0] for i in known],
+                                              features if any(f is not None for f in features) else None,
+                                              self._extra, self._extra_neighbours)
+            queries[known], lse[known], recent[known] = q, n, r
+        return queries, lse, recent
+
+    def item_keys(self) -> np.ndarray:
+        """Rows by model index (extra items included), cached until the catalogue grows."""
+        self.align()
+        if self._keys is None:
+            self._keys = self.model.item_keys(self._extra)
+        return self._keys
+
+    def prior_columns(self, recent: np.ndarray, model_indices: np.ndarray) -> np.ndarray:
+        return self.model.prior_columns(recent, model_indices, self._extra_neighbours)
 
     def catalogue_scores(self, steps: list[SequenceStep]) -> np.ndarray | None:
         """Scores over catalogue indices (-inf where the model has no representation);

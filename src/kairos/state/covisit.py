@@ -54,6 +54,18 @@ class Covisitation:
         factor, so the ratio is the decayed conditional frequency)."""
         return self._neighbours.get(a, {}), self._totals.get(a, 0.0)
 
+    def column(self, b: int) -> tuple[list[int], list[float]]:
+        """Every item a with b among its neighbours, and P(next = b | a) (decayed): one
+        pass over the rows, for scoring one item for many users."""
+        sources, shares = [], []
+        totals = self._totals
+        for a, row in self._neighbours.items():
+            value = row.get(b)
+            if value is not None and totals.get(a, 0.0) > 0:
+                sources.append(a)
+                shares.append(value / totals[a])
+        return sources, shares
+
     def count(self, a: int, b: int, now: float) -> float:
         return self._neighbours.get(a, {}).get(b, 0.0) * self.decay.now_factor(now)
 

@@ -83,6 +83,11 @@ class SemanticState:
                 self._encoder = self._encoder_factory()
             return self._encoder
 
+    def warm_up(self) -> None:
+        """Load the encoder (exporting it on a machine that has no export yet) and run it
+        once, so the first request costs what the hundredth does."""
+        self.encoder.encode(["warm-up"])
+
     @property
     def model_id(self) -> str:
         return self.encoder.model_id

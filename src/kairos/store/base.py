@@ -46,6 +46,15 @@ class Store(Protocol):
         """All events in the order they were acknowledged."""
         ...
 
+    def events_after(self, position: int, limit: int = 10_000) -> list[tuple[int, EventRecord]]:
+        """Up to `limit` events stored after log position `position`, with their positions
+        (increasing, in acknowledgement order): how a reader tails the log."""
+        ...
+
+    def last_position(self) -> int:
+        """The log position of the latest stored event (0 for an empty log)."""
+        ...
+
     def user_events(self, user_id: str) -> list[EventRecord]:
         """One user's events in the order they were acknowledged."""
         ...

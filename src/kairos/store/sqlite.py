@@ -130,6 +130,19 @@ class SQLiteStore:
             last_id = rows[-1][0]
             yield [_event_from_row(row[1:]) for row in rows]
 
+    def events_after(self, position: int, limit: int = 10_000) -> list[tuple[int, EventRecord]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, user_id, item_id, type, ts, value, context FROM events "
+                "WHERE id > ? ORDER BY id LIMIT ?",
+                (position, limit),
+            ).fetchall()
+        return [(row[0], _event_from_row(row[1:])) for row in rows]
+
+    def last_position(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0])
+
     def user_events(self, user_id: str) -> list[EventRecord]:
         with self._lock:
             rows = self._db.execute(

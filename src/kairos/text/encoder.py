@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -172,6 +173,21 @@ def _load(name: str, path_str: str, backend: str, cache_dir_str: str, threads: i
     return OnnxEncoder(path, onnx_file(path, backend, cache_dir), model_id, threads)
 
 
+def prepare_encoder(settings: Any = None) -> tuple[TextEncoder, float]:
+    """Load (exporting and quantising if this machine has not yet) the configured encoder
+    and run one text through it; returns it and the seconds that took."""
+    import time
+
+    from kairos.config import Settings
+
+    settings = settings or Settings()
+    started = time.perf_counter()
+    encoder = load_encoder(settings.text_model, settings.text_backend, settings.text_cache_dir,
+                           settings.text_threads)
+    encoder.encode(["warm-up"])
+    return encoder, time.perf_counter() - started
+
+
 def resolve_model(model: str) -> tuple[str, Path]:
     """(short name, local folder) of a model given as '', a folder or a hub name (cached)."""
     if not model or model in (PACKAGED_NAME, f"sentence-transformers/{PACKAGED_NAME}"):
@@ -218,7 +234,7 @@ def onnx_file(path: Path, backend: str, cache_dir: Path) -> Path:
 
         fp32 = onnx_file(path, "onnx", cache_dir)
         # quantize_dynamic writes scratch files beside its input: give each writer its own copy.
-        with tempfile.TemporaryDirectory(dir=cache_dir) as work, _atomic_target(target) as tmp:
+        with tempfile.TemporaryDirectory(dir=cache_dir) as work, _atomic_target(target) as tmp, _quiet():
             source = Path(work) / fp32.name
             shutil.copyfile(fp32, source)
             quantize_dynamic(source, tmp, per_channel=True, weight_type=QuantType.QInt8)
@@ -230,8 +246,10 @@ def onnx_file(path: Path, backend: str, cache_dir: Path) -> Path:
 def _export_onnx(path: Path, target: Path) -> None:
     """Export the transformer (token embeddings out) with dynamic batch and sequence axes."""
     import torch
+    import transformers
     from transformers import AutoModel, AutoTokenizer
 
+    transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars, once per machine
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModel.from_pretrained(path, attn_implementation="eager").eval()
     names = [n for n in _INPUT_NAMES if n in tokenizer.model_input_names]
@@ -255,6 +273,16 @@ def _export_onnx(path: Path, target: Path) -> None:
             dynamic_axes={n: axes for n in [*names, "token_embeddings"]},
             opset_version=17, dynamo=False, do_constant_folding=True,
         )
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """The quantiser logs advice on the root logger that a user can do nothing about."""
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 @contextmanager

@@ -1,0 +1,172 @@
+"""Scores -> p: the probability that a user engages with an item within a week.
+
+Targeting scores each (user, item) with features from every model: the behaviour
+model's log-probability of the item as the user's next one, the cosine of the user's
+semantic profile to the item's text, co-visitation from the user's latest visits, and
+the user's activity and the item's popularity (FEATURES). A logistic regression maps
+them to p. It is fitted on the event log (`fit_calibration`, `kairos push calibrate`):
+the log is cut at 80% of its time span, the online state is rebuilt from the events
+before the cut, and for items chosen after the cut the label of each user who had not
+touched the item is whether they engaged with it (a positive event) within the week
+after the cut. Negatives are sampled per item and weighted back, so the intercept
+stays a real base rate. Until a fit exists, DEFAULT (coefficients of a fit on
+MovieLens ml-latest-small, see docs/push.md) gives p of the right order.
+
+A p is organic engagement, not the effect of notifying: nobody was notified in the
+log. Feedback (opens, clicks) enters the log as events, so refits learn from it.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kairos.config import DAY, Settings
+from kairos.progress import progress
+from kairos.store.base import EventRecord
+
+FEATURES = ("seq_logp", "has_seq", "semantic", "has_semantic", "covisit", "log_events", "log_idle_days",
+            "log_popularity")
+SEQ_FLOOR = -25.0  # log-probability standing in for "the behaviour model has no opinion"
+COVISIT_FLOOR = 1e-4
+
+
+@dataclass
+class Calibrator:
+    coef: list[float]
+    intercept: float
+    fitted: bool = False
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def p(self, features: np.ndarray) -> np.ndarray:
+        z = features.astype(np.float64) @ np.asarray(self.coef, dtype=np.float64) + self.intercept
+        return 1.0 / (1.0 + np.exp(-np.clip(z, -40, 40)))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Calibrator:
+        data = json.loads(text)
+        if len(data["coef"]) != len(FEATURES):
+            raise ValueError("calibration has other features than this version; refit it")
+        return cls(**data)
+
+
+# A fit on ml-latest-small (kairos push calibrate, 2026-12; docs/push.md): used until a
+# service has fitted its own.
+DEFAULT = Calibrator(coef=[0.12, 0.0, 2.5, 0.0, 0.25, 0.35, -0.4, 0.15], intercept=-6.0, fitted=False,
+                     meta={"source": "default coefficients (no fit on this log yet)"})
+
+
+def fit_calibration(store: Any, settings: Settings, registered: Any = None, *, holdout: float = 0.2,
+                    window_s: float = 7 * DAY, max_items: int = 300, negatives: int = 50, seed: int = 0,
+                    quiet: bool = False) -> Calibrator:
+    """Fit on the log of `store` as the module docstring says. `registered`: the behaviour
+    model to score with (the one serving; it saw the whole log, so its feature is a little
+    optimistic). ValueError when the log is too small to say anything."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    from kairos.clock import SimulatedClock
+    from kairos.engine import Engine
+    from kairos.push.engine_view import EngineView
+    from kairos.push.targeting import Targeter
+    from kairos.push.user_vectors import UserVectors
+    from kairos.schema import Item
+    from kairos.store import SQLiteStore
+
+    started = time.perf_counter()
+    events: list[EventRecord] = [e for batch in store.iter_events() for e in batch]
+    if len(events) < 100:
+        raise ValueError(f"the log has {len(events)} events; calibration needs at least 100")
+    times = np.array([e.timestamp for e in events])
+    cut = float(np.quantile(times, 1 - holdout))
+    before = [e for e in events if e.timestamp < cut]
+    after = [e for e in events if cut <= e.timestamp <= cut + window_s]
+    rng = np.random.default_rng(seed)
+    with tempfile.TemporaryDirectory(prefix="kairos-calibration-") as scratch:
+        scratch_settings = settings.model_copy(update={"db_path": Path(scratch) / "cut.db",
+                                                       "model_dir": Path(scratch) / "models",
+                                                       "sqlite_synchronous": "NORMAL"})
+        engine = Engine(scratch_settings, store=SQLiteStore(scratch_settings.db_path, "NORMAL"),
+                        clock=SimulatedClock(cut), rebuild=False)
+        try:
+            items = list(store.iter_items())
+            engine.upsert_items([Item(item_id=i.item_id, title=i.title, text=i.text, categories=i.categories,
+                                      attributes=i.attributes, created_at=i.created_at, available=True)
+                                 for i in items])
+            with progress("calibration: state at the cut", len(before), quiet=quiet) as advance:
+                for start in range(0, len(before), 10_000):
+                    engine.ingest_records(before[start:start + 10_000])
+                    advance(len(before[start:start + 10_000]))
+            if registered is not None:
+                engine.install_model(registered)
+            view = EngineView(engine)
+            vectors = UserVectors(view)
+            vectors.mark_all()
+            vectors.refresh()
+            targeter = Targeter(view, vectors, DEFAULT)
+            touched: dict[str, set[int]] = defaultdict(set)
+            with engine.lock:
+                for user_id, user in engine.state.users.items():
+                    touched[user_id] = {step.item for step in user.recent} | set(user.seen)
+            takers: dict[str, set[str]] = defaultdict(set)
+            for e in after:
+                if settings.event_weight(e.type, e.value) > 0 and e.user_id in touched:
+                    key = engine.catalog.index.get(e.item_id)
+                    if key is not None and key not in touched[e.user_id]:
+                        takers[e.item_id].add(e.user_id)
+            chosen = sorted(takers)
+            if len(chosen) < 5:
+                raise ValueError(f"only {len(chosen)} items were taken up after the cut; too few to calibrate")
+            if len(chosen) > max_items:
+                chosen = sorted(rng.choice(chosen, max_items, replace=False).tolist())
+            rows_all = np.flatnonzero(vectors.alive[: len(vectors)])
+            xs, ys, ws, groups = [], [], [], []
+            with progress("calibration: scoring items", len(chosen), quiet=quiet) as advance:
+                for g, item_id in enumerate(chosen):
+                    key = engine.catalog.index[item_id]
+                    eligible = np.array([r for r in rows_all.tolist() if key not in touched[vectors.ids[r]]])
+                    label = np.array([vectors.ids[r] in takers[item_id] for r in eligible.tolist()])
+                    positives, negative_rows = eligible[label], eligible[~label]
+                    sampled = (rng.choice(negative_rows, min(negatives, len(negative_rows)), replace=False)
+                               if len(negative_rows) else negative_rows)
+                    weight = len(negative_rows) / max(1, len(sampled))
+                    rows = np.concatenate([positives, sampled])
+                    xs.append(targeter.features(key, rows))
+                    ys.append(np.r_[np.ones(len(positives)), np.zeros(len(sampled))])
+                    ws.append(np.r_[np.ones(len(positives)), np.full(len(sampled), weight)])
+                    groups.append(np.full(len(rows), g))
+                    advance(1)
+        finally:
+            engine.close()
+    x, y, w, group = np.vstack(xs), np.concatenate(ys), np.concatenate(ws), np.concatenate(groups)
+    held = rng.permutation(len(chosen))[: max(1, len(chosen) // 4)]
+    test = np.isin(group, held)
+    model = LogisticRegression(C=1.0, max_iter=2000)
+    model.fit(x[~test], y[~test], sample_weight=w[~test])
+    p_test = model.predict_proba(x[test])[:, 1]
+    metrics = {"items": len(chosen), "held_out_items": len(held), "positives": int(y.sum()),
+               "base_rate": float((y * w).sum() / w.sum()),
+               "held_out_log_loss": float(log_loss(y[test], p_test, sample_weight=w[test], labels=[0, 1])),
+               "held_out_auc": float(roc_auc_score(y[test], p_test, sample_weight=w[test]))
+               if 0 < y[test].sum() < len(y[test]) else None}
+    model.fit(x, y, sample_weight=w)  # the served fit uses every item
+    return Calibrator(coef=[float(c) for c in model.coef_[0]], intercept=float(model.intercept_[0]), fitted=True,
+                      meta={"fitted_at": time.time(), "events": len(events), "cut": cut, "window_s": window_s,
+                            "seconds": round(time.perf_counter() - started, 1),
+                            "behaviour_model": getattr(registered, "version", None),
+                            "features": list(FEATURES), **metrics})
+
+
+def describe(calibrator: Calibrator) -> dict[str, Any]:
+    return {"fitted": calibrator.fitted, "coef": dict(zip(FEATURES, calibrator.coef, strict=True)),
+            "intercept": calibrator.intercept, **calibrator.meta}

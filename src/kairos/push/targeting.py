@@ -1,0 +1,144 @@
+"""Targeting: item -> the users likeliest to engage with it, each with a calibrated p.
+
+One item is scored for every user at once from cached rows (UserVectors): the
+semantic profile matrix times the item's text vector, the behaviour model's query
+matrix times the item's key (plus its transition prior, minus each user's softmax
+normaliser: a log-probability), co-visitation as a gather over each user's latest
+visits. The calibrator turns the features into p. A brand-new item has no behaviour,
+yet its text vector and the behaviour model's text projection score it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from kairos.config import DAY
+from kairos.push.calibration import COVISIT_FLOOR, FEATURES, SEQ_FLOOR, Calibrator
+from kairos.push.engine_view import EngineView
+from kairos.push.user_vectors import UserVectors
+
+# Behaviour-model rows recomputed before a decision at most (the rest catch up in the background).
+MODEL_BUDGET = 2048
+
+
+@dataclass(slots=True)
+class Target:
+    user_id: str
+    p: float
+
+
+class Targeter:
+    def __init__(self, view: EngineView, vectors: UserVectors, calibrator: Calibrator) -> None:
+        self.view = view
+        self.vectors = vectors
+        self.calibrator = calibrator
+
+    def features(self, key: int, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), len(FEATURES)) for item `key` and the users in vector rows `rows`."""
+        view, vectors = self.view, self.vectors
+        rows = np.asarray(rows, dtype=np.int64)
+        x = np.zeros((len(rows), len(FEATURES)), dtype=np.float32)
+        x[:, 0] = SEQ_FLOOR
+        semantic = view.semantic
+        vector = semantic.item_vector(key) if semantic is not None else None
+        if vector is not None and vectors.semantic is not None:
+            has = vectors.has_semantic[rows]
+            x[:, 2] = np.where(has, vectors.semantic[rows] @ vector, 0.0)
+            x[:, 3] = has
+        served = view.sequential()
+        index = served.model_index(key) if served is not None else 0
+        if served is not None and index > 0 and vectors.query is not None and vectors.recent is not None \
+                and vectors.model_version == served.version:
+            keys = served.item_keys()
+            if index < len(keys):
+                lse = vectors.lse[rows]
+                known = ~np.isnan(lse)
+                logp = (vectors.query[rows] @ keys[index]
+                        + served.prior_columns(vectors.recent[rows], np.array([index]))[:, 0]
+                        - np.where(known, lse, 0.0))
+                x[:, 0] = np.where(known, np.clip(logp, SEQ_FLOOR, 0.0), SEQ_FLOOR)
+                x[:, 1] = known
+        sources, shares = view.covisit_column(key)
+        covisit = np.zeros(len(rows))
+        if len(sources):
+            column = np.zeros(max(view.n_items(), int(sources.max()) + 1))
+            column[sources] = shares
+            seeds = vectors.seeds[rows]
+            valid = seeds >= 0
+            covisit = (column[np.where(valid, seeds, 0)] * vectors.seed_weights[rows] * valid).sum(1)
+        x[:, 4] = np.log(covisit + COVISIT_FLOOR)
+        x[:, 5] = np.log1p(vectors.events[rows])
+        idle = np.maximum(view.now() - vectors.last_event[rows], 0.0) / DAY
+        x[:, 6] = np.where(vectors.events[rows] > 0, np.log1p(idle), 0.0)
+        x[:, 7] = np.log1p(view.popularity(key))
+        return x
+
+    def p(self, key: int, rows: np.ndarray) -> np.ndarray:
+        return self.calibrator.p(self.features(key, rows))
+
+    def audience(self, item_id: str, max_users: int, min_p: float = 0.0,
+                 exclude: set[str] | None = None, exclude_touched: bool = True) -> list[Target]:
+        """The best `max_users` users for the item with p >= `min_p`, best first; users who
+        already touched the item (`exclude_touched`) or are in `exclude` are left out."""
+        key = self.view.item_key(item_id)
+        if key is None or max_users <= 0:
+            return []
+        self.vectors.refresh(MODEL_BUDGET)
+        rows = np.flatnonzero(self.vectors.alive[: len(self.vectors)])
+        if exclude_touched or exclude:
+            rows = self._eligible(rows, key, exclude or set(), exclude_touched)
+        if not len(rows):
+            return []
+        p = self.p(key, rows)
+        keep = np.flatnonzero(p >= min_p)
+        if len(keep) > max_users:
+            keep = keep[np.argpartition(-p[keep], max_users - 1)[:max_users]]
+        keep = keep[np.lexsort((rows[keep], -p[keep]))]
+        return [Target(self.vectors.ids[rows[i]], float(p[i])) for i in keep.tolist()]
+
+    def score_users(self, item_id: str, user_ids: list[str]) -> list[Target]:
+        """p of the item for each named user (unknown users: from the intercept)."""
+        key = self.view.item_key(item_id)
+        if key is None:
+            return []
+        self.vectors.mark([u for u in user_ids if u not in self.vectors.row])
+        self.vectors.refresh(MODEL_BUDGET)
+        rows = np.array([self.vectors.row.get(u, -1) for u in user_ids], dtype=np.int64)
+        known = rows >= 0
+        p = np.zeros(len(user_ids))
+        if known.any():
+            p[known] = self.p(key, rows[known])
+        if (~known).any():
+            x = np.zeros((1, len(FEATURES)), dtype=np.float32)
+            x[0, 0], x[0, 4], x[0, 7] = SEQ_FLOOR, np.log(COVISIT_FLOOR), np.log1p(self.view.popularity(key))
+            p[~known] = self.calibrator.p(x)[0]
+        return [Target(u, float(v)) for u, v in zip(user_ids, p.tolist(), strict=True)]
+
+    def score_items(self, user_id: str, item_ids: list[str]) -> list[float]:
+        """p of each item for one user (reminders, next-best, digests)."""
+        self.vectors.mark([user_id])
+        self.vectors.refresh(MODEL_BUDGET)
+        row = self.vectors.row.get(user_id)
+        out = []
+        for item_id in item_ids:
+            key = self.view.item_key(item_id)
+            if key is None or row is None:
+                out.append(0.0)
+            else:
+                out.append(float(self.p(key, np.array([row]))[0]))
+        return out
+
+    def _eligible(self, rows: np.ndarray, key: int, exclude: set[str], exclude_touched: bool) -> np.ndarray:
+        ids = self.vectors.ids
+        keep = np.ones(len(rows), dtype=bool)
+        with self.view.lock:
+            for i, row in enumerate(rows.tolist()):
+                user_id = ids[row]
+                if user_id in exclude:
+                    keep[i] = False
+                elif exclude_touched:
+                    user = self.view.user(user_id)
+                    keep[i] = user is not None and key not in user.seen
+        return rows[keep]
