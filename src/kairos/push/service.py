@@ -225,9 +225,9 @@ class PushService:
         Returns how much work it found (0: idle)."""
         work = self._take_items()
         work += self._read_events()
-        work += self._decide_due()
         if self.config.digest.enabled and self.clock.now() - self._digest_scan_at >= DIGEST_SCAN_S:
             work += self._schedule_digests()
+        work += self._decide_due()
         if time.monotonic() - self._calibration_checked_at >= CALIBRATION_CHECK_S:
             self._calibration_checked_at = time.monotonic()
             self._check_calibration()
