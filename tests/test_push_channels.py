@@ -6,10 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import threading
-import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -24,53 +21,12 @@ from kairos.push.outbox import NewNotification, Outbox
 from kairos.push.schema import WebhookConfig
 from kairos.push.worker import DeliveryWorker
 
-from conftest import free_port
+from conftest import Receiver, free_port
 
 T0 = 1_750_000_000.0
 SECRET = "s3cret"
 PAYLOAD_KEYS = {"notification_id", "user_id", "item_id", "type", "title", "body", "reason", "p", "campaign_id",
                 "created_at"}
-
-
-class Receiver:
-    """A real HTTP endpoint on 127.0.0.1 that records what it gets and answers with the
-    statuses it is told (then 200)."""
-
-    def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
-        self.statuses: list[int] = []
-        self.delay_s = 0.0
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.requests.append({"headers": dict(self.headers), "body": body})
-                if receiver.delay_s:
-                    time.sleep(receiver.delay_s)
-                status = receiver.statuses.pop(0) if receiver.statuses else 200
-                self.send_response(status)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    found = Receiver()
-    yield found
-    found.close()
 
 
 @pytest.fixture

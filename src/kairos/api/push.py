@@ -1,7 +1,5 @@
 """Push endpoints: preferences, channels, campaigns, the inbox, feedback, live streams, stats."""
 
-from __future__ import annotations
-
 import asyncio
 import json
 from collections.abc import AsyncIterator

@@ -28,6 +28,9 @@ class TriggerConfig(BaseModel):
 class ItemCreatedConfig(TriggerConfig):
     max_age_s: float = Field(default=2 * DAY, gt=0, description="Only items created this recently (an "
                              "import of an old catalogue notifies nobody).")
+    max_items: int = Field(default=100, ge=1, description="New items arriving together (one upsert) are one "
+                           "trigger: each user hears of the one that suits them best. More than this at once "
+                           "is a catalogue load, and notifies nobody.")
     expires_s: float = 2 * DAY
 
 

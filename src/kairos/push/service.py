@@ -331,6 +331,8 @@ class PushService:
         return [], {"skipped": f"unknown trigger {kind}"}
 
     def _propose_item(self, trigger: Trigger, now: float) -> tuple[list[Proposal], dict[str, Any]]:
+        if trigger.kind == "item_created":
+            return self._propose_new_items(trigger, now)
         item_id = trigger.payload["item_id"]
         record = self.view.item(item_id)
         key = self.view.item_key(item_id)
@@ -338,22 +340,52 @@ class PushService:
             return [], {"skipped": "item unknown or unavailable"}
         config = self.config.of(trigger.kind)
         title = record.title or item_id
-        if trigger.kind == "item_created":
-            targets = self.targeter.audience(item_id, config.max_users, config.min_p)
-            head, body = f"New: {title}", _snippet(record)
+        since = now - getattr(config, "lookback_s", 30 * DAY)
+        users = self.view.interested(key, since, INTEREST_TYPES)
+        targets = [t for t in self.targeter.score_users(item_id, users) if t.p >= config.min_p]
+        targets = sorted(targets, key=lambda t: (-t.p, t.user_id))[: config.max_users]
+        if trigger.kind == "back_in_stock":
+            head, body = f"Back in stock: {title}", f"'{title}' is available again."
         else:
-            since = now - getattr(config, "lookback_s", 30 * DAY)
-            users = self.view.interested(key, since, INTEREST_TYPES)
-            targets = [t for t in self.targeter.score_users(item_id, users) if t.p >= config.min_p]
-            targets = sorted(targets, key=lambda t: (-t.p, t.user_id))[: config.max_users]
-            if trigger.kind == "back_in_stock":
-                head, body = f"Back in stock: {title}", f"'{title}' is available again."
-            else:
-                old, new = trigger.payload["old_price"], trigger.payload["price"]
-                head, body = f"Price drop: {title}", f"'{title}' now costs {new:g} (was {old:g})."
+            old, new = trigger.payload["old_price"], trigger.payload["price"]
+            head, body = f"Price drop: {title}", f"'{title}' now costs {new:g} (was {old:g})."
         expires = now + config.expires_s
         return ([Proposal(t.user_id, item_id, t.p, config.min_p, now, expires, head, body) for t in targets],
                 {"audience": len(targets)})
+
+    def _propose_new_items(self, trigger: Trigger, now: float) -> tuple[list[Proposal], dict[str, Any]]:
+        config = self.config.item_created
+        arrived = trigger.payload.get("item_ids") or [trigger.payload["item_id"]]
+        if len(arrived) > config.max_items:
+            return [], {"skipped": f"catalogue load ({len(arrived)} new items at once)"}
+        records = {i: self.view.item(i) for i in arrived}
+        items = [i for i, r in records.items() if r is not None and r.available and self.view.item_key(i) is not None]
+        if not items:
+            return [], {"skipped": "item unknown or unavailable"}
+        targets, chosen = self._best_per_user(items, config.max_users, config.min_p)
+        proposals = []
+        for target in targets:
+            record = records[chosen[target.user_id]]
+            assert record is not None
+            proposals.append(Proposal(target.user_id, record.item_id, target.p, config.min_p, now,
+                                      now + config.expires_s, f"New: {record.title or record.item_id}",
+                                      _snippet(record)))
+        return proposals, {"audience": len(targets), "items": len(items)}
+
+    def _best_per_user(self, items: list[str], max_users: int, min_p: float,
+                       user_ids: list[str] | None = None) -> tuple[list[Target], dict[str, str]]:
+        """The best `max_users` users over several items, each with the item they are likeliest
+        to engage with (`user_ids`: exactly these users, whatever their p)."""
+        best: dict[str, Target] = {}
+        chosen: dict[str, str] = {}
+        for item_id in items:
+            found = (self.targeter.score_users(item_id, user_ids) if user_ids is not None
+                     else self.targeter.audience(item_id, max_users, min_p))
+            for target in found:
+                if target.user_id not in best or target.p > best[target.user_id].p:
+                    best[target.user_id], chosen[target.user_id] = target, item_id
+        ranked = sorted(best.values(), key=lambda t: (-t.p, t.user_id))
+        return (ranked if user_ids is not None else ranked[:max_users]), chosen
 
     def _propose_cart(self, trigger: Trigger, now: float) -> tuple[list[Proposal], dict[str, Any]]:
         config = self.config.cart_abandoned
@@ -420,23 +452,13 @@ class PushService:
         if not items:
             return [], {"skipped": "no known, available item"}
         audience = request.audience
-        best: dict[str, Target] = {}
-        chosen_item: dict[str, str] = {}
         if audience.user_ids is not None:
             min_p = 0.0
-            for item_id in items:
-                for target in self.targeter.score_users(item_id, list(dict.fromkeys(audience.user_ids))):
-                    if target.user_id not in best or target.p > best[target.user_id].p:
-                        best[target.user_id], chosen_item[target.user_id] = target, item_id
-            targets = list(best.values())
+            targets, chosen_item = self._best_per_user(items, 0, 0.0, list(dict.fromkeys(audience.user_ids)))
         else:
             max_users = audience.max_users or config.max_users
             min_p = audience.min_p if audience.min_p is not None else config.min_p
-            for item_id in items:
-                for target in self.targeter.audience(item_id, max_users, min_p):
-                    if target.user_id not in best or target.p > best[target.user_id].p:
-                        best[target.user_id], chosen_item[target.user_id] = target, item_id
-            targets = sorted(best.values(), key=lambda t: (-t.p, t.user_id))[:max_users]
+            targets, chosen_item = self._best_per_user(items, max_users, min_p)
         expires = request.expires_at or now + config.expires_s
         proposals = []
         for target in targets:
@@ -579,6 +601,9 @@ class PushService:
 
     def set_webhook(self, config: WebhookConfig | None) -> None:
         write_config(self.db, config, self.clock.now())
+        webhook = self.channels["webhook"]
+        assert isinstance(webhook, WebhookChannel)
+        webhook.invalidate()  # this process's decisions see it at once (others within a second)
 
     def create_campaign(self, request: CampaignRequest) -> tuple[Campaign, bool]:
         """Record a campaign and its trigger in one transaction; (campaign, created). The same

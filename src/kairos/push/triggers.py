@@ -7,7 +7,7 @@ they produce. A crash between the engine's write and push's reading only delays 
 trigger; replaying the same upsert or event finds no new difference or the same
 trigger key, so it creates nothing twice.
 
-    item_created    a new item nobody has engaged with      -> users likeliest to engage
+    item_created    new items nobody has engaged with yet   -> users likeliest to engage (each: the best one)
     back_in_stock   available false -> true                 -> users who viewed or carted it, no purchase
     price_drop      its price fell by >= min_drop            -> the same users
     cart_abandoned  a cart with no purchase after after_s    -> that user (+ a complementary item)
@@ -121,6 +121,7 @@ def item_triggers(config: Triggers, before: dict[str, ItemState], items: Sequenc
     """Triggers from items compared with push's snapshot of them (`before`; a missing id is
     a new item). `engaged(item_id)`: whether anyone engaged with the item already."""
     out: list[Trigger] = []
+    arrived: list[str] = []
     attribute = config.price_drop.price_attribute
     for item in items:
         old = before.get(item.item_id)
@@ -129,7 +130,7 @@ def item_triggers(config: Triggers, before: dict[str, ItemState], items: Sequenc
             fresh = now - item.created_at <= config.item_created.max_age_s
             if config.item_created.enabled and item.available and fresh and (item.title or item.text) \
                     and not engaged(item.item_id):
-                out.append(Trigger("item_created", item.item_id, now, now, {"item_id": item.item_id}))
+                arrived.append(item.item_id)
             continue
         if config.back_in_stock.enabled and item.available and not old.available:
             out.append(Trigger("back_in_stock", f"{item.item_id}|{now:.6f}", now, now, {"item_id": item.item_id}))
@@ -137,6 +138,9 @@ def item_triggers(config: Triggers, before: dict[str, ItemState], items: Sequenc
                 and price <= old.price * (1 - config.price_drop.min_drop):
             out.append(Trigger("price_drop", f"{item.item_id}|{old.price:g}>{price:g}|{now:.6f}", now, now,
                                {"item_id": item.item_id, "old_price": old.price, "price": price}))
+    if arrived:
+        key = arrived[0] if len(arrived) == 1 else f"{arrived[0]}+{len(arrived) - 1}|{now:.6f}"
+        out.append(Trigger("item_created", key, now, now, {"item_ids": arrived}))
     return out
 
 

@@ -57,6 +57,10 @@ class WebhookChannel:
             self._read_at = time.monotonic()
         return self._config
 
+    def invalidate(self) -> None:
+        """Read the configuration again at the next use (it was just changed here)."""
+        self._read_at = -CONFIG_TTL_S
+
     def reaches(self, user_id: str) -> bool:
         return self.config() is not None
 
