@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from kairos.state.semantic import SemanticState
 
 
+REASON_STEPS = 20  # latest positive visits searched for the one that explains a notification
+
+
 class EngineView:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -123,28 +126,29 @@ class EngineView:
         return [item.item_id for item in similar.items if "covisit" in item.sources]
 
     def reason(self, user_id: str, key: int) -> str:
-        """'because you bought 'Espresso beans'': the user's recent positive visit closest to
-        the item (by text, else by the behaviour model), or their stated interests."""
+        """'because you bought 'Espresso beans'': of the user's latest positive visits the one
+        closest to the item (by text, else by the behaviour model), or their stated interests."""
         semantic = self.engine.semantic
         served = self.engine.state.sequential
         target = semantic.item_vector(key) if semantic is not None else None
         with self.lock:
             user = self.engine.state.users.get(user_id)
-            steps = [s for s in reversed(user.recent[-80:]) if s.weight > 0 and s.item != key] if user else []
+            steps = ([s for s in reversed(user.recent[-4 * REASON_STEPS:]) if s.weight > 0 and s.item != key]
+                     [:REASON_STEPS] if user else [])
             stated = semantic.stated.get(user_id) if semantic is not None else None
             stated_text = semantic.stated_text.get(user_id, "") if semantic is not None else ""
         best, best_score = None, -2.0
-        if target is not None and semantic is not None:
-            for step in steps:
-                vector = semantic.item_vector(step.item)
-                if vector is not None and (score := float(vector @ target)) > best_score:
-                    best, best_score = step, score
-        elif served is not None and served.model_index(key) > 0:
+        if steps and target is not None and semantic is not None and semantic.index is not None:
+            vectors = semantic.index.vectors_of([s.item for s in steps])
+            scores = np.where(np.abs(vectors).sum(1) > 0, vectors @ target, -2.0)
+            if float(scores.max()) > -2.0:
+                best, best_score = steps[int(np.argmax(scores))], float(scores.max())
+        elif steps and served is not None and served.model_index(key) > 0:
             table = served.item_vectors()
-            for step in steps:
-                index = served.model_index(step.item)
-                if index > 0 and (score := float(table[index] @ table[served.model_index(key)])) > best_score:
-                    best, best_score = step, score
+            indices = [served.model_index(s.item) for s in steps]
+            scores = np.where(np.array(indices) > 0, table[indices] @ table[served.model_index(key)], -np.inf)
+            if np.isfinite(scores.max()):
+                best = steps[int(np.argmax(scores))]
         if stated is not None and target is not None and float(stated @ target) > best_score:
             return f"because it matches your interests: “{stated_text[:60]}{'…' if len(stated_text) > 60 else ''}”"
         if best is None:

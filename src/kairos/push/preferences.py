@@ -17,6 +17,7 @@ class Preferences:
         self.db = db
         self.settings = settings
         self._lock = threading.Lock()
+        self._default: EffectivePreferences | None = None
         self._stored: dict[str, PushPreferences] = {
             user_id: PushPreferences.model_validate_json(raw)
             for user_id, raw in db.query("SELECT user_id, preferences FROM push_preferences")
@@ -25,6 +26,17 @@ class Preferences:
     def get(self, user_id: str) -> EffectivePreferences:
         with self._lock:
             stored = self._stored.get(user_id)
+        return self.effective(user_id, stored)
+
+    def for_policy(self, user_id: str) -> EffectivePreferences:
+        """As `get`, but users without preferences of their own share one object (its
+        user_id is "*"): deciding for a million users builds no million models."""
+        with self._lock:
+            stored = self._stored.get(user_id)
+            if stored is None:
+                if self._default is None:
+                    self._default = self.effective("*", None)
+                return self._default
         return self.effective(user_id, stored)
 
     def stored(self, user_id: str) -> PushPreferences | None:

@@ -43,9 +43,11 @@ class Targeter:
         x[:, 0] = SEQ_FLOOR
         semantic = view.semantic
         vector = semantic.item_vector(key) if semantic is not None else None
+        n = len(vectors)
+        # Products over the whole matrix, then the rows: gathering rows first copies the matrix.
         if vector is not None and vectors.semantic is not None:
             has = vectors.has_semantic[rows]
-            x[:, 2] = np.where(has, vectors.semantic[rows] @ vector, 0.0)
+            x[:, 2] = np.where(has, (vectors.semantic[:n] @ vector)[rows], 0.0)
             x[:, 3] = has
         served = view.sequential()
         index = served.model_index(key) if served is not None else 0
@@ -55,7 +57,7 @@ class Targeter:
             if index < len(keys):
                 lse = vectors.lse[rows]
                 known = ~np.isnan(lse)
-                logp = (vectors.query[rows] @ keys[index]
+                logp = ((vectors.query[:n] @ keys[index])[rows]
                         + served.prior_columns(vectors.recent[rows], np.array([index]))[:, 0]
                         - np.where(known, lse, 0.0))
                 x[:, 0] = np.where(known, np.clip(logp, SEQ_FLOOR, 0.0), SEQ_FLOOR)
@@ -78,25 +80,31 @@ class Targeter:
     def p(self, key: int, rows: np.ndarray) -> np.ndarray:
         return self.calibrator.p(self.features(key, rows))
 
-    def audience(self, item_id: str, max_users: int, min_p: float = 0.0,
+    def audience(self, item_id: str, max_users: int, min_p: float = 0.0, min_lift: float = 0.0,
                  exclude: set[str] | None = None, exclude_touched: bool = True) -> list[Target]:
-        """The best `max_users` users for the item with p >= `min_p`, best first; users who
-        already touched the item (`exclude_touched`) or are in `exclude` are left out."""
+        """The best `max_users` users for the item with p >= `min_p` and p >= `min_lift` times
+        the mean p, best first; users who already touched the item (`exclude_touched`) or are
+        in `exclude` are left out."""
         key = self.view.item_key(item_id)
         if key is None or max_users <= 0:
             return []
         self.vectors.refresh(MODEL_BUDGET)
         rows = np.flatnonzero(self.vectors.alive[: len(self.vectors)])
-        if exclude_touched or exclude:
-            rows = self._eligible(rows, key, exclude or set(), exclude_touched)
         if not len(rows):
             return []
         p = self.p(key, rows)
-        keep = np.flatnonzero(p >= min_p)
-        if len(keep) > max_users:
-            keep = keep[np.argpartition(-p[keep], max_users - 1)[:max_users]]
-        keep = keep[np.lexsort((rows[keep], -p[keep]))]
-        return [Target(self.vectors.ids[rows[i]], float(p[i])) for i in keep.tolist()]
+        ranked = np.flatnonzero((p >= min_p) & (p >= min_lift * float(p.mean())))
+        ranked = ranked[np.lexsort((rows[ranked], -p[ranked]))]
+        # Only the best few are checked for having touched the item (a set lookup each):
+        # checking all users would cost more than scoring them.
+        chosen: list[int] = []
+        for start in range(0, len(ranked), 2 * max_users + 100):
+            chunk = ranked[start:start + 2 * max_users + 100]
+            keep = self._eligible(rows[chunk], key, exclude or set(), exclude_touched)
+            chosen.extend(chunk[keep].tolist())
+            if len(chosen) >= max_users:
+                break
+        return [Target(self.vectors.ids[rows[i]], float(p[i])) for i in chosen[:max_users]]
 
     def score_users(self, item_id: str, user_ids: list[str]) -> list[Target]:
         """p of the item for each named user (unknown users: from the intercept)."""
@@ -131,8 +139,11 @@ class Targeter:
         return out
 
     def _eligible(self, rows: np.ndarray, key: int, exclude: set[str], exclude_touched: bool) -> np.ndarray:
+        """A mask over `rows`: the users not excluded."""
         ids = self.vectors.ids
         keep = np.ones(len(rows), dtype=bool)
+        if not exclude and not exclude_touched:
+            return keep
         with self.view.lock:
             for i, row in enumerate(rows.tolist()):
                 user_id = ids[row]
@@ -141,4 +152,4 @@ class Targeter:
                 elif exclude_touched:
                     user = self.view.user(user_id)
                     keep[i] = user is not None and key not in user.seen
-        return rows[keep]
+        return keep

@@ -49,6 +49,7 @@ class UserVectors:
         self.model_version: str | None = None
         self._dirty: set[str] = set()
         self._model_stale: set[int] = set()
+        self._in_flight = 0  # taken off the dirty set by a refresh not finished yet
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -66,7 +67,7 @@ class UserVectors:
     def pending(self) -> int:
         """Users whose rows are out of date (any part)."""
         with self._lock:
-            return len(self._dirty) + len(self._model_stale)
+            return len(self._dirty) + len(self._model_stale) + self._in_flight
 
     def forget(self, user_id: str) -> None:
         with self._lock:
@@ -85,13 +86,19 @@ class UserVectors:
         version = served.version if served is not None else None
         with self._lock:
             dirty, self._dirty = list(self._dirty), set()
+            self._in_flight += len(dirty)
             if version != self.model_version:
                 self.model_version = version
                 self.query = self.recent = None
                 self.lse = np.full(len(self.alive), np.nan)
                 self._model_stale = set(range(len(self.ids))) if version is not None else set()
         for start in range(0, len(dirty), LOCK_CHUNK):
-            self._refresh_rows(dirty[start:start + LOCK_CHUNK], version is not None)
+            chunk = dirty[start:start + LOCK_CHUNK]
+            try:
+                self._refresh_rows(chunk, version is not None)
+            finally:
+                with self._lock:
+                    self._in_flight -= len(chunk)
         if version is not None:
             self._refresh_model(model_budget)
 
