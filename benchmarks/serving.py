@@ -212,15 +212,17 @@ def kairos_command() -> list[str]:
 class Server:
     """`kairos serve` on 127.0.0.1, stopped (and waited for) whatever happens."""
 
-    def __init__(self, db_path: Path, log_path: Path) -> None:
-        self.port = free_port()
+    def __init__(self, db_path: Path, log_path: Path, env: dict[str, str] | None = None,
+                 port: int | None = None) -> None:
+        self.port = port or free_port()
         self.url = f"http://{HOST}:{self.port}"
-        self.log = log_path.open("wb")
+        self.log = log_path.open("ab")
         self.process = subprocess.Popen(
             [*kairos_command(), "serve", "--db", str(db_path), "--host", HOST,
              "--port", str(self.port)],
             stdout=self.log, stderr=subprocess.STDOUT,
-            env={**os.environ, "KAIROS_SEQUENTIAL_AUTO_TRAIN": "0", "KAIROS_SEQUENTIAL_RETRAIN_INTERVAL_S": "0"},
+            env={**os.environ, "KAIROS_SEQUENTIAL_AUTO_TRAIN": "0", "KAIROS_SEQUENTIAL_RETRAIN_INTERVAL_S": "0",
+                 **(env or {})},
         )
         self.log_path = log_path
 

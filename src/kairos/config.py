@@ -186,8 +186,8 @@ class Settings(BaseSettings):
                                         "time when a user has no event history.")
     push_lease_s: float = Field(default=30.0, gt=0, description="How long a worker holds a notification it "
                                 "is sending; past it (the worker died) another worker sends it again.")
-    push_batch: int = Field(default=200, ge=1, description="Notifications a worker claims at once.")
-    push_concurrency: int = Field(default=32, ge=1, description="Deliveries a worker has in flight at once.")
+    push_batch: int = Field(default=500, ge=1, description="Notifications a worker claims at once.")
+    push_concurrency: int = Field(default=64, ge=1, description="Deliveries a worker has in flight at once.")
     push_inline_worker: bool = Field(default=True, description="`kairos serve` delivers too; "
                                      "`kairos push-worker` processes add delivery capacity.")
     push_webhook_timeout_s: float = Field(default=5.0, gt=0, le=60)

@@ -22,9 +22,6 @@ class TriggerConfig(BaseModel):
     enabled: bool = True
     max_users: int = Field(default=1000, ge=0, description="Users one trigger may notify, best p first.")
     min_p: float = Field(default=0.0, ge=0, le=1, description="Least engagement probability to notify.")
-    min_lift: float = Field(default=0.0, ge=0, description="Where Kairos picks the audience: only users at "
-                            "least this many times likelier than the average user (so a small shop's tea "
-                            "drinkers do not hear of a new coffee grinder just because there is room).")
     expires_s: float = Field(default=DAY, gt=0, description="A notification not sent by then is dropped.")
 
 
@@ -34,7 +31,10 @@ class ItemCreatedConfig(TriggerConfig):
     max_items: int = Field(default=100, ge=1, description="New items arriving together (one upsert) are one "
                            "trigger: each user hears of the one that suits them best. More than this at once "
                            "is a catalogue load, and notifies nobody.")
-    min_lift: float = 1.5
+    min_similarity: float | None = Field(
+        default=None, ge=-1, le=1, description="Only users whose semantic profile is at least this close "
+        "(cosine) to the item's text, so a small shop's tea drinkers do not hear of a new coffee grinder just "
+        "because there is room; default: KAIROS_COLD_START_MIN_SIMILARITY, as for the cold-start place.")
     expires_s: float = 2 * DAY
 
 

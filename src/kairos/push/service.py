@@ -362,7 +362,9 @@ class PushService:
         items = [i for i, r in records.items() if r is not None and r.available and self.view.item_key(i) is not None]
         if not items:
             return [], {"skipped": "item unknown or unavailable"}
-        targets, chosen = self._best_per_user(items, config.max_users, config.min_p, config.min_lift)
+        similarity = (config.min_similarity if config.min_similarity is not None
+                      else self.settings.cold_start_min_similarity)
+        targets, chosen = self._best_per_user(items, config.max_users, config.min_p, similarity)
         proposals = []
         for target in targets:
             record = records[chosen[target.user_id]]
@@ -372,7 +374,7 @@ class PushService:
                                       _snippet(record)))
         return proposals, {"audience": len(targets), "items": len(items)}
 
-    def _best_per_user(self, items: list[str], max_users: int, min_p: float, min_lift: float = 0.0,
+    def _best_per_user(self, items: list[str], max_users: int, min_p: float, min_similarity: float | None = None,
                        user_ids: list[str] | None = None) -> tuple[list[Target], dict[str, str]]:
         """The best `max_users` users over several items, each with the item they are likeliest
         to engage with (`user_ids`: exactly these users, whatever their p)."""
@@ -380,7 +382,7 @@ class PushService:
         chosen: dict[str, str] = {}
         for item_id in items:
             found = (self.targeter.score_users(item_id, user_ids) if user_ids is not None
-                     else self.targeter.audience(item_id, max_users, min_p, min_lift))
+                     else self.targeter.audience(item_id, max_users, min_p, min_similarity))
             for target in found:
                 if target.user_id not in best or target.p > best[target.user_id].p:
                     best[target.user_id], chosen[target.user_id] = target, item_id
@@ -454,11 +456,11 @@ class PushService:
         audience = request.audience
         if audience.user_ids is not None:
             min_p = 0.0
-            targets, chosen_item = self._best_per_user(items, 0, 0.0, 0.0, list(dict.fromkeys(audience.user_ids)))
+            targets, chosen_item = self._best_per_user(items, 0, 0.0, None, list(dict.fromkeys(audience.user_ids)))
         else:
             max_users = audience.max_users or config.max_users
             min_p = audience.min_p if audience.min_p is not None else config.min_p
-            targets, chosen_item = self._best_per_user(items, max_users, min_p, config.min_lift)
+            targets, chosen_item = self._best_per_user(items, max_users, min_p)
         expires = request.expires_at or now + config.expires_s
         proposals = []
         for target in targets:

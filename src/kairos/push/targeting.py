@@ -80,11 +80,12 @@ class Targeter:
     def p(self, key: int, rows: np.ndarray) -> np.ndarray:
         return self.calibrator.p(self.features(key, rows))
 
-    def audience(self, item_id: str, max_users: int, min_p: float = 0.0, min_lift: float = 0.0,
+    def audience(self, item_id: str, max_users: int, min_p: float = 0.0, min_similarity: float | None = None,
                  exclude: set[str] | None = None, exclude_touched: bool = True) -> list[Target]:
-        """The best `max_users` users for the item with p >= `min_p` and p >= `min_lift` times
-        the mean p, best first; users who already touched the item (`exclude_touched`) or are
-        in `exclude` are left out."""
+        """The best `max_users` users for the item with p >= `min_p` (and, given
+        `min_similarity`, a semantic profile at least that close to the item's text), best
+        first; users who already touched the item (`exclude_touched`) or are in `exclude` are
+        left out."""
         key = self.view.item_key(item_id)
         if key is None or max_users <= 0:
             return []
@@ -92,8 +93,12 @@ class Targeter:
         rows = np.flatnonzero(self.vectors.alive[: len(self.vectors)])
         if not len(rows):
             return []
-        p = self.p(key, rows)
-        ranked = np.flatnonzero((p >= min_p) & (p >= min_lift * float(p.mean())))
+        features = self.features(key, rows)
+        p = self.calibrator.p(features)
+        fits = p >= min_p
+        if min_similarity is not None and self.view.semantic is not None:
+            fits &= (features[:, 3] > 0) & (features[:, 2] >= min_similarity)
+        ranked = np.flatnonzero(fits)
         ranked = ranked[np.lexsort((rows[ranked], -p[ranked]))]
         # Only the best few are checked for having touched the item (a set lookup each):
         # checking all users would cost more than scoring them.

@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping
 
@@ -25,6 +26,8 @@ from kairos.push.schema import Notification
 log = logging.getLogger(__name__)
 
 DeliveredHook = Callable[[list[Notification], list[Outcome]], None]
+FLUSH_EVERY = 50  # outcomes recorded in one transaction ...
+FLUSH_AFTER_S = 0.05  # ... or after this long, whichever comes first
 
 
 class DeliveryWorker:
@@ -133,12 +136,25 @@ class DeliveryWorker:
                     log.exception("channel %s raised", channel.name)
                     return Outcome(notification.notification_id, "failed", f"{type(error).__name__}: {error}")
 
-        outcomes = list(await asyncio.gather(*(one(n) for n in batch)))
+        # Outcomes are recorded as they come, a few at a time: a crash re-sends only what was
+        # in flight or not yet recorded, not the whole batch.
+        done: list[Outcome] = []
+        flushed_at = time.monotonic()
+        for finished in asyncio.as_completed([one(n) for n in batch]):
+            done.append(await finished)
+            if len(done) >= FLUSH_EVERY or time.monotonic() - flushed_at >= FLUSH_AFTER_S:
+                self._record(batch, done)
+                done, flushed_at = [], time.monotonic()
+        self._record(batch, done)
+        return len(batch)
+
+    def _record(self, batch: list[Notification], outcomes: list[Outcome]) -> None:
+        if not outcomes:
+            return
         self.outbox.finish(outcomes, self.clock.now(), self.name)
         self.delivered += sum(1 for o in outcomes if o.result == "delivered")
         if self.on_finished is not None:
             self.on_finished(batch, outcomes)
-        return len(batch)
 
     def run_once(self) -> int:
         """One round on a private loop (tests, the CLI)."""
