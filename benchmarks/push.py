@@ -315,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
             result["list_stream"] = list_stream(server, rng.sample(users, args.streams), catalogue,
                                                 args.stream_events, args.seed)
             print(f"list stream: {result['list_stream']}", flush=True)
-            free = [u for u in users if u not in notified_users(db_path)]
+            notified = notified_users(db_path)
+            free = [u for u in users if u not in notified]
             rng.shuffle(free)
             size = min(args.campaign, len(free) // 2)
             result["webhook_throughput"] = throughput(server, receiver, free[:size], catalogue[1])

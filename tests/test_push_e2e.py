@@ -205,3 +205,31 @@ def test_kill_9_while_delivering_loses_nothing_and_sends_nothing_twice(server_fa
     payload_users = {json.loads(r["body"])["user_id"] for r in receiver.requests}
     assert payload_users == set(users)
     assert len(keys) - len(set(keys)) <= 20  # re-sent: at most the batch in flight at the kill
+
+
+def test_a_separate_push_worker_delivers_and_the_server_streams_it(server_factory: Any, receiver: Receiver) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**QUIET, "KAIROS_PUSH_INLINE_WORKER": "false"}
+    server: Server = server_factory(env=env)
+    with server.client() as client:
+        stock(client)
+        client.put("/v1/push/channels/webhook", json={"url": receiver.url, "secret": SECRET})
+        stream = StreamReader(f"{server.url}/v1/users/t1/notifications/stream")
+        client.post("/v1/push/campaigns", json={"id": "w", "item_id": "beans", "audience": {"user_ids": ["t1", "t2"]}})
+        time.sleep(0.5)
+        assert client.get("/v1/push/campaigns/w").json()["counts"] == {"scheduled": 2}  # nobody delivers yet
+        worker = subprocess.Popen([sys.executable, "-m", "kairos", "push-worker", "--db", str(server.db_path)],
+                                  env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: client.get("/v1/push/campaigns/w").json()["counts"] == {"delivered": 2})
+            assert {json.loads(r["body"])["user_id"] for r in receiver.requests} >= {"t1", "t2"}
+            streamed = wait_for(lambda: stream.of("notification"), timeout=5)
+            assert json.loads(streamed[0].data)["campaign_id"] == "w"
+        finally:
+            stream.close()
+            worker.terminate()
+            output = worker.communicate(timeout=20)[0].decode()
+        assert worker.returncode == 0 and "delivered 2 notifications" in output

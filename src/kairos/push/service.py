@@ -131,6 +131,7 @@ class PushService:
         self._digest_scan_at = float("-inf")
         self._calibration_checked_at = time.monotonic()
         self._calibration_job: subprocess.Popen[str] | None = None
+        self._calibration_started = 0.0
         self._skips: Counter[str] = Counter()
         self._initialise()
         engine.listeners.add(self)
@@ -568,17 +569,21 @@ class PushService:
 
     def _check_calibration(self) -> None:
         """Pick up a calibration fitted by another process; start a fit in the background
-        (`kairos push calibrate`, at lower priority) when there is none and the log is big
-        enough."""
+        (`kairos push calibrate`, at lower priority) when there is none, or it was fitted with
+        another behaviour model than the one serving, and the log is big enough."""
         stored = self._stored_calibration()
         if stored is not None and stored.to_json() != self.calibrator.to_json():
             self.calibrator = self.targeter.calibrator = stored
-        if self.calibrator.fitted or self._calibration_job is not None:
-            return
-        if self.engine.state.events_applied < self.settings.push_calibration_min_events:
+        job = self._calibration_job
+        if job is not None and (job.poll() is None or time.monotonic() - self._calibration_started < 3600):
+            return  # running, or tried within the hour
+        served = self.engine.sequential_version
+        current = self.calibrator.fitted and self.calibrator.meta.get("behaviour_model") == served
+        if current or self.engine.state.events_applied < self.settings.push_calibration_min_events:
             return
         command = [sys.executable, "-m", "kairos", "push", "calibrate", "--db", str(self.engine.store_path()),
                    "--quiet"]
+        self._calibration_started = time.monotonic()
         self._calibration_job = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
             preexec_fn=(lambda: os.nice(10)) if os.name == "posix" else None)  # noqa: PLW1509

@@ -51,6 +51,8 @@ class Targeter:
             x[:, 3] = has
         served = view.sequential()
         index = served.model_index(key) if served is not None else 0
+        if self.calibrator.fitted and self.calibrator.meta.get("behaviour_model") is None:
+            index = 0  # fitted without a behaviour model: its feature would be out of the fit's range
         if served is not None and index > 0 and vectors.query is not None and vectors.recent is not None \
                 and vectors.model_version == served.version:
             keys = served.item_keys()
