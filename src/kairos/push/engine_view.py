@@ -63,13 +63,6 @@ class EngineView:
                     out.append(user_id)
         return out
 
-    def active_users(self, since: float) -> list[tuple[str, list[float]]]:
-        """Users with an event since `since`, with their recent event times."""
-        with self.lock:
-            return [(user_id, [s.timestamp for s in user.recent])
-                    for user_id, user in self.engine.state.users.items()
-                    if user.recent and user.recent[-1].timestamp >= since]
-
     def address(self, user_id: str) -> str | None:
         """The user's `email` attribute, if any (the email channel's address)."""
         record = self.engine.store.get_user(user_id)

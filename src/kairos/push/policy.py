@@ -129,20 +129,36 @@ def next_at_hour(now: float, hour: int, tz: str) -> float:
     return target.timestamp()
 
 
+HOUR_HALF_LIFE_S = 14 * DAY  # how fast old habits fade from a user's best hour
+
+
+def hour_weights(timestamps: Sequence[float] | np.ndarray) -> np.ndarray:
+    """(24,) the user's events per UTC hour of day, recent ones weighing more."""
+    times = np.asarray(timestamps, dtype=np.float64)
+    if not len(times):
+        return np.zeros(24)
+    hours = ((times // 3600) % 24).astype(np.int64)
+    decay = np.exp(-(times.max() - times) * math.log(2) / HOUR_HALF_LIFE_S)
+    return np.bincount(hours, weights=decay, minlength=24)
+
+
+def best_local_hour(weights: np.ndarray, tz: str, default: int, now: float) -> int:
+    """The local hour with the most weight (`hour_weights`, shifted by the zone's offset at
+    `now`, to the hour); `default` without any."""
+    if not float(weights.sum()) > 0:
+        return default
+    offset = local(now, tz).utcoffset()
+    shift = round(offset.total_seconds() / 3600) if offset is not None else 0
+    local_weights = np.roll(weights, shift)  # UTC hour h is local hour h + shift
+    best = int(np.argmax(local_weights))
+    return best
+
+
 def best_hour(timestamps: Sequence[float], tz: str, default: int, now: float | None = None) -> int:
-    """The local hour the user is most active in (recent events weigh more: half-life 14
-    days), for send-time optimisation; `default` without history. Hours use the zone's
-    offset at `now` (a DST change inside the history shifts it by one hour at most)."""
+    """The local hour the user is most active in, for send-time optimisation."""
     if len(timestamps) == 0:
         return default
-    times = np.asarray(timestamps, dtype=np.float64)
-    latest = float(times.max())
-    offset = local(now if now is not None else latest, tz).utcoffset()
-    shift = offset.total_seconds() if offset is not None else 0.0
-    hours = (((times + shift) // 3600) % 24).astype(np.int64)
-    weights = np.bincount(hours, weights=np.exp(-(latest - times) / (14 * DAY / math.log(2))), minlength=24)
-    best = int(np.argmax(weights))
-    return best if weights[best] > 0 else default
+    return best_local_hour(hour_weights(timestamps), tz, default, now if now is not None else max(timestamps))
 
 
 def ignored_streak(history: Sequence[Past], now: float, ignored_after_s: float) -> int:

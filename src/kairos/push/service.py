@@ -36,7 +36,7 @@ from kairos.push.database import PushDatabase, dumps
 from kairos.push.engine_view import EngineView
 from kairos.push.live import LiveHub, SentTail
 from kairos.push.outbox import NewNotification, Outbox, Outcome
-from kairos.push.policy import Budget, Candidate, Past, Policy, best_hour, local, next_at_hour
+from kairos.push.policy import Budget, Candidate, Past, Policy, local, next_at_hour
 from kairos.push.preferences import Preferences
 from kairos.push.schema import (
     Campaign,
@@ -478,30 +478,41 @@ class PushService:
         if send_time == "now":
             return now
         if send_time == "optimal":
-            tz = self.preferences.get(user_id).timezone
-            hour = best_hour([s.timestamp for s in self.view.steps(user_id)], tz,
-                             self.settings.push_default_send_hour, now)
+            tz = self.preferences.for_policy(user_id).timezone
+            hour = self.vectors.best_hour(user_id, tz, self.settings.push_default_send_hour, now)
             return next_at_hour(now, hour, tz)
         return max(float(send_time), now)
 
     def _schedule_digests(self) -> int:
-        """Digest triggers for users whose best hour comes within the next hour (each user at
-        most once per local day: the key is the user and that day)."""
+        """Digest triggers for users whose best local hour is now or starts within the next
+        scan (each user at most once per local day: the key is the user and that day).
+        Vectorised over the cached rows: one pass per time zone in use."""
         now = self.clock.now()
         self._digest_scan_at = now
-        config = self.config.digest
-        triggers = []
+        config, vectors = self.config.digest, self.vectors
+        vectors.refresh(0)  # activity rows only; the behaviour model's can wait
         horizon = DIGEST_SCAN_S + 60.0
-        for user_id, times in self.view.active_users(now - config.active_days * DAY):
+        ids, hours = vectors.active_since(now - config.active_days * DAY)
+        by_zone: dict[str, list[int]] = defaultdict(list)
+        for i, user_id in enumerate(ids):
             preferences = self.preferences.for_policy(user_id)
-            if preferences.opt_out or not preferences.types.get("digest", True):
-                continue
-            hour = best_hour(times, preferences.timezone, self.settings.push_default_send_hour, now)
-            at = next_at_hour(now, hour, preferences.timezone)
-            if at - now <= horizon:
-                day = local(at, preferences.timezone).date().isoformat()
-                triggers.append(Trigger("digest", f"{user_id}|{day}", now, max(now, at - horizon),
-                                        {"user_id": user_id, "at": at}))
+            if not preferences.opt_out and preferences.types.get("digest", True):
+                by_zone[preferences.timezone].append(i)
+        triggers = []
+        for tz, members in by_zone.items():
+            offset = local(now, tz).utcoffset()
+            shift = round(offset.total_seconds() / 3600) if offset is not None else 0
+            best = (np.argmax(hours[members], axis=1) + shift) % 24  # UTC hour h is local hour h + shift
+            moment = local(now, tz)
+            soon = local(now + horizon, tz).hour
+            for i, hour in zip(members, best.tolist(), strict=True):
+                if hour != moment.hour and hour != soon:
+                    continue
+                at = next_at_hour(now, hour, tz)
+                if at - now <= horizon:
+                    day = local(at, tz).date().isoformat()
+                    triggers.append(Trigger("digest", f"{ids[i]}|{day}", now, max(now, at - horizon),
+                                            {"user_id": ids[i], "at": at}))
         if not triggers:
             return 0
         with self.db.transaction() as db:

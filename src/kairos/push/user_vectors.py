@@ -3,8 +3,8 @@ product instead of one request per user.
 
 Per user: their semantic profile (unit vector), the behaviour model's query vector
 with its softmax normaliser and latest items (see TrainedModel.user_queries), their
-latest visits with weights (co-visitation seeds), their event count and last event
-time. Events mark users dirty; `refresh` recomputes dirty rows (semantic and
+latest visits with weights (co-visitation seeds), their event count, last event time
+and the hours of day they are active in (send-time optimisation). Events mark users dirty; `refresh` recomputes dirty rows (semantic and
 co-visitation rows at once; behaviour-model rows in batches, up to a budget per call,
 so a burst of events delays no decision by more than that budget).
 """
@@ -17,6 +17,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from kairos.push.engine_view import EngineView
+from kairos.push.policy import best_local_hour, hour_weights
 from kairos.state.users import SequenceStep
 
 SEEDS = 5  # latest distinct visits kept as co-visitation seeds (as the covisit source)
@@ -43,6 +44,7 @@ class UserVectors:
         self.seed_weights = np.zeros((0, SEEDS), dtype=np.float32)
         self.events = np.zeros(0, dtype=np.int64)
         self.last_event = np.zeros(0, dtype=np.float64)
+        self.hours = np.zeros((0, 24), dtype=np.float32)  # policy.hour_weights: when the user is active
         self.query: np.ndarray | None = None  # (n, d)
         self.lse = np.zeros(0, dtype=np.float64)  # nan: the model cannot read this user
         self.recent: np.ndarray | None = None  # (n, lags) model indices
@@ -69,12 +71,28 @@ class UserVectors:
         with self._lock:
             return len(self._dirty) + len(self._model_stale) + self._in_flight
 
+    def active_since(self, since: float) -> tuple[list[str], np.ndarray]:
+        """Users with an event since `since`, and their hour-of-day weights."""
+        with self._lock:
+            count = len(self.ids)
+            rows = np.flatnonzero(self.alive[:count] & (self.last_event[:count] >= since)
+                                  & (self.hours[:count].sum(1) > 0))
+            return [self.ids[r] for r in rows.tolist()], self.hours[rows].copy()
+
+    def best_hour(self, user_id: str, tz: str, default: int, now: float) -> int:
+        """The user's most active local hour (policy.best_local_hour); `default` if unknown."""
+        with self._lock:
+            row = self.row.get(user_id)
+            weights = self.hours[row].copy() if row is not None else np.zeros(24)
+        return best_local_hour(weights, tz, default, now)
+
     def forget(self, user_id: str) -> None:
         with self._lock:
             row = self.row.get(user_id)
             if row is not None:
                 self.alive[row] = False
                 self.has_semantic[row] = False
+                self.hours[row] = 0.0
                 self.lse[row] = np.nan
                 self.seeds[row] = -1
             self._dirty.discard(user_id)
@@ -115,6 +133,8 @@ class UserVectors:
                 self.alive[row] = True
                 self.events[row] = user.event_count
                 self.last_event[row] = user.recent[-1].timestamp if user.recent else 0.0
+                self.hours[row] = hour_weights(np.fromiter((s.timestamp for s in user.recent), dtype=np.float64,
+                                                           count=len(user.recent)))
                 visits = user.recent_visits(SEEDS)
                 self.seeds[row] = -1
                 self.seed_weights[row] = 0.0
@@ -170,6 +190,7 @@ class UserVectors:
             self.seed_weights = _grown(self.seed_weights, size, 0.0)
             self.events = _grown(self.events, size, 0)
             self.last_event = _grown(self.last_event, size, 0.0)
+            self.hours = _grown(self.hours, size, 0.0)
             self.lse = _grown(self.lse, size, np.nan)
             if self.semantic is not None:
                 self.semantic = _grown(self.semantic, size, 0.0)
