@@ -167,7 +167,7 @@ def item_decisions(server: Server, db_path: Path, count: int) -> dict[str, Any]:
             puts.append(time.time() - began)
             assert response.status_code == 200, response.text
 
-            def decided() -> Any:
+            def decided(item_id: str = item_id) -> Any:
                 return database.execute("SELECT decided_at, outcome FROM push_triggers WHERE kind = 'item_created' "
                                         "AND key = ? AND status = 'done'", (item_id,)).fetchone()
 
@@ -220,7 +220,7 @@ def list_stream(server: Server, users: list[str], catalogue: list[str], events: 
             client.post("/v1/events", json={"events": [{"user_id": user, "item_id": rng.choice(catalogue),
                                                         "type": "click"}]})
             try:
-                wait_for(lambda: len(received[user]) > before, 2.0, "a list", every=0.0005)
+                wait_for(lambda user=user, before=before: len(received[user]) > before, 2.0, "a list", every=0.0005)
                 latencies.append(received[user][before] - sent)
             except TimeoutError:
                 unchanged += 1  # the event did not change the top 10: nothing to push
@@ -261,10 +261,10 @@ def crash(server: Server, receiver: Receiver, users: list[str], item_id: str, ki
     server = start(db_path, log, server.port, extra, vectors=False)
     campaign(server, "bench-crash", users, item_id)
     restarts = []
-    for kill in range(kills):
+    for _ in range(kills):
         seen = receiver.stats().get("bench-crash", {}).get("requests", 0)
         target = min(len(users) - 1, seen + max(200, len(users) // (2 * kills)))
-        wait_for(lambda: receiver.stats().get("bench-crash", {}).get("requests", 0) >= target, 600,
+        wait_for(lambda target=target: receiver.stats().get("bench-crash", {}).get("requests", 0) >= target, 600,
                  "deliveries before the kill", every=0.01)
         server.process.kill()  # SIGKILL: no shutdown hook, nothing flushed
         server.process.wait()

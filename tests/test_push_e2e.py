@@ -20,7 +20,8 @@ from conftest import Receiver, Server
 pytestmark = pytest.mark.e2e
 
 SECRET = "hook-secret"
-QUIET = {"KAIROS_PUSH_POLL_S": "0.1", "KAIROS_PUSH_MIN_GAP_S": "0", "KAIROS_PUSH_MAX_PER_DAY": "20",
+# No default quiet hours: what the tests check must not depend on the hour they run at.
+QUIET = {"KAIROS_PUSH_DEFAULT_QUIET_HOURS": '["00:00", "00:00"]', "KAIROS_PUSH_POLL_S": "0.1", "KAIROS_PUSH_MIN_GAP_S": "0", "KAIROS_PUSH_MAX_PER_DAY": "20",
          "KAIROS_PUSH_MAX_PER_TYPE_PER_DAY": "10",
          "KAIROS_PUSH_TRIGGERS": json.dumps({"next_best": {"enabled": False}, "digest": {"enabled": False},
                                              "item_created": {"max_users": 5}})}

@@ -21,7 +21,7 @@ from kairos.evaluation.data import EvalData
 from kairos.evaluation.protocols import leave_one_out
 from kairos.schema import Event, Item
 from kairos.store import EventRecord, ItemRecord
-from kairos.training.pipeline import as_registered, publish, registry, train_from_store
+from kairos.training.pipeline import as_registered, publish, train_from_store
 from kairos.training.registry import ModelRegistry
 
 N_ITEMS = 24

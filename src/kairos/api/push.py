@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from sse_starlette.sse import EventSourceResponse
 
 from kairos.api.errors import error_body
-from kairos.engine import Engine, NotFound
+from kairos.engine import Engine, FeatureDisabled, NotFound
 from kairos.push.schema import (
     Campaign,
     CampaignRequest,
@@ -41,8 +41,6 @@ class ChannelsOut(BaseModel):
 def get_push(request: Request) -> PushService:
     push: PushService | None = request.app.state.push
     if push is None:
-        from kairos.engine import FeatureDisabled
-
         raise FeatureDisabled("push is off on this server (KAIROS_PUSH_ENABLED=false)")
     return push
 
@@ -99,11 +97,11 @@ def push_router(max_n: int) -> APIRouter:
         audience itself (`max_users`, `min_p`) or takes `user_ids` and applies only the
         policy. Answers once the audience is decided (or after 10 s with state `pending`);
         201 when new, 200 with the existing campaign when the id was posted before."""
-        for item_id in request.items():
-            if push.view.item(item_id) is None:
-                return JSONResponse(error_body("validation_error", f"item_id: item {item_id!r} not found",
-                                               [{"field": "item_id", "message": f"item {item_id!r} not found"}]),
-                                    status_code=422)
+        missing = await run_in_threadpool(lambda: [i for i in request.items() if push.view.item(i) is None])
+        if missing:
+            message = f"item {missing[0]!r} not found"
+            return JSONResponse(error_body("validation_error", f"item_id: {message}",
+                                           [{"field": "item_id", "message": message}]), status_code=422)
         campaign, created = await run_in_threadpool(push.create_campaign, request)
         deadline = asyncio.get_running_loop().time() + CAMPAIGN_WAIT_S
         while created and campaign.state == "pending" and asyncio.get_running_loop().time() < deadline:
@@ -166,7 +164,7 @@ def push_router(max_n: int) -> APIRouter:
     # -- live streams ---------------------------------------------------------------------
 
     @router.get("/v1/users/{user_id}/notifications/stream", tags=["push"])
-    async def notification_stream(user_id: UserId, request: Request, push: PushDep) -> EventSourceResponse:
+    async def notification_stream(user_id: UserId, push: PushDep) -> EventSourceResponse:
         """Server-sent events: each notification to this user the moment it is delivered
         (event `notification`, data: the notification as JSON)."""
         queue = push.hub.subscribe("notifications", user_id)
@@ -183,7 +181,7 @@ def push_router(max_n: int) -> APIRouter:
         return EventSourceResponse(events(), ping=STREAM_PING_S)
 
     @router.get("/v1/recommendations/{user_id}/stream", tags=["recommend"])
-    async def recommendation_stream(user_id: UserId, request: Request, engine: EngineDep, push: PushDep,
+    async def recommendation_stream(user_id: UserId, engine: EngineDep, push: PushDep,
                                     n: Annotated[int, Query(ge=1, le=max_n)] = 10) -> EventSourceResponse:
         """Server-sent events: the user's list now (event `recommendations`, the body of GET
         /v1/recommendations/{user}), then again each time their events change it."""
