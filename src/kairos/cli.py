@@ -340,13 +340,26 @@ def demo(
         engine.close()
 
 
+def _seconds(text: str, option: str) -> float:
+    """'90', '30m', '1h', '2d' -> seconds."""
+    text = text.strip()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        value = float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a duration such as 1h or 24h", param_hint=option) from None
+    if value <= 0:
+        raise typer.BadParameter(f"{text!r} must be positive", param_hint=option)
+    return value
+
+
 @app.command()
 def evaluate(
     data: Annotated[Path, typer.Option("--data", help="Dataset folder (MovieLens, UniSRec) or a Kairos .db.")],
-    protocol: Annotated[str, typer.Option(help="loo, coldstart, temporal, replay or push.")] = "loo",
+    protocol: Annotated[str, typer.Option(help="loo, coldstart, temporal, replay, push or push-replay.")] = "loo",
     models: Annotated[str | None, typer.Option(help="Comma-separated (default: random, popular, covisit, "
                                                     "semantic, kairos; push: random, active, category, "
-                                                    "semantic).")] = None,
+                                                    "covisit, semantic, sequential, kairos).")] = None,
     out: Annotated[Path, typer.Option(help="Folder for results.json, report.md, plots.")] = Path("runs/eval"),
     mask_history: Annotated[str, typer.Option(help="loo: both, yes (LlamaRec) or no (RecBole/UniSRec).")]
     = "both",
@@ -357,8 +370,16 @@ def evaluate(
     = None,
     cut: Annotated[float, typer.Option(help="temporal/replay/push: share of events before the cut.")] = 0.8,
     window_days: Annotated[float, typer.Option(help="push: days in which a notified user must act.")] = 7.0,
+    cold: Annotated[bool, typer.Option("--cold", help="push: the candidate items' events before the cut are "
+                                                      "removed too (brand-new items, known by text).")] = False,
+    max_items: Annotated[int | None, typer.Option(help="push: a seeded sample of the candidate items.")] = None,
+    order: Annotated[str, typer.Option(help="push: time (a global cut and a window), per-user (each user's "
+                                            "own cut, the rest of their sequence), or auto (per-user where "
+                                            "timestamps are synthetic).")] = "auto",
     cold_share: Annotated[float, typer.Option(help="coldstart: share of items held out of training.")] = 0.1,
     decay: Annotated[bool, typer.Option("--decay/--no-decay", help="replay: serving time decay.")] = True,
+    refresh: Annotated[str | None, typer.Option(help="replay: peers refreshed in batches at these intervals, "
+                                                     "e.g. 1h,24h (s, m, h, d).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
     sequential_config: Annotated[str | None, typer.Option(
         help="Behaviour model: SeqRecConfig fields as JSON over the preset, e.g. '{\"epochs\": 5}'.")] = None,
@@ -376,7 +397,8 @@ def evaluate(
     options = EvalOptions(
         models=[m.strip() for m in models.split(",") if m.strip()] if models else None, mask_history=mask_history, split=split,
         core=core, max_users=max_users, max_events=max_events, cut=cut, window_days=window_days,
-        cold_share=cold_share,
+        cold=cold, max_items=max_items, order=order, cold_share=cold_share,
+        refresh=[_seconds(r, "--refresh") for r in refresh.split(",") if r.strip()] if refresh else None,
         decay=decay, seed=seed, sequential=_config_overrides(sequential_config, None) or None,
     )
     try:

@@ -19,6 +19,7 @@ class EvalData:
     items: list[ItemRecord]
     events: list[EventRecord]  # in time order (ties: acknowledgement order)
     notes: list[str] = field(default_factory=list)
+    synthetic_time: bool = False  # timestamps made up to keep each user's order (UniSRec files)
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256()
@@ -36,6 +37,7 @@ def load_eval_data(path: Path, min_item_events: int = 0, min_user_events: int = 
     from kairos.datasets.unisrec import is_unisrec
 
     notes: list[str] = []
+    synthetic_time = False
     if path.is_file():
         store = SQLiteStore(path)
         name = path.stem
@@ -47,6 +49,7 @@ def load_eval_data(path: Path, min_item_events: int = 0, min_user_events: int = 
             from kairos.datasets.unisrec import import_unisrec
 
             import_unisrec(engine, path, quiet=quiet)
+            synthetic_time = True
             notes.append("UniSRec files carry order but no timestamps: synthetic timestamps, "
                          "one day apart per user, keep each user's given order.")
         else:
@@ -62,7 +65,7 @@ def load_eval_data(path: Path, min_item_events: int = 0, min_user_events: int = 
         events = k_core_once(events, min_item_events, min_user_events)
         notes.append(f"filtered: items with >= {min_item_events} events, then users with >= "
                      f"{min_user_events} (one pass, as LlamaRec's preprocessing)")
-    return EvalData(name, items, events, notes)
+    return EvalData(name, items, events, notes, synthetic_time)
 
 
 def k_core_once(events: list[EventRecord], min_item: int, min_user: int) -> list[EventRecord]:

@@ -1,6 +1,6 @@
-"""Time-split protocols: global temporal split, prequential replay, new-item push.
+"""Time-split protocols: global temporal split and prequential replay.
 
-All three train (ingest) on the events before a time cut and then look forward.
+Both train (ingest) on the events before a time cut and then look forward.
 The replay is the real-time test: each event after the cut is first predicted,
 as of its own moment in simulated time, then (online) ingested or (frozen) not.
 """
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from kairos.clock import SimulatedClock
-from kairos.config import DAY, Settings
+from kairos.config import Settings
 from kairos.engine import Engine
 from kairos.evaluation.data import EvalData
 from kairos.evaluation.metrics import coverage, list_metrics, mean_metrics, novelty
@@ -148,12 +148,16 @@ class ReplayResult:
     dataset: str
     cut: float
     events: int
-    models: dict[str, dict[str, ReplayRun]] = field(default_factory=dict)  # model -> online|frozen
+    models: dict[str, dict[str, ReplayRun]] = field(default_factory=dict)  # model -> online|frozen|refresh <s>s
     sequential: dict[str, Any] = field(default_factory=dict)  # the behaviour model measured, if any
 
-    def ratio(self, model: str, metric: str = "HR@10") -> float:
-        frozen = self.models[model]["frozen"].metrics[metric]
-        return self.models[model]["online"].metrics[metric] / frozen if frozen else math.inf
+    def ratio(self, model: str, metric: str = "HR@10", over: str = "frozen") -> float:
+        base = self.models[model][over].metrics[metric]
+        return self.models[model]["online"].metrics[metric] / base if base else math.inf
+
+    def refresh_modes(self) -> list[str]:
+        modes = {mode for runs in self.models.values() for mode in runs if mode.startswith("refresh")}
+        return sorted(modes, key=lambda mode: float(mode.split()[1]))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -162,7 +166,9 @@ class ReplayResult:
                 name: {**{mode: {"metrics": run.metrics, "latency_ms": run.latency_ms,
                                  "coverage@10": run.coverage, "novelty@10": run.novelty}
                           for mode, run in runs.items()},
-                       "online_over_frozen_HR@10": self.ratio(name)}
+                       "online_over_frozen_HR@10": self.ratio(name),
+                       **{f"online_over_{mode.replace(' ', '_')}_HR@10": self.ratio(name, over=mode)
+                          for mode in runs if mode.startswith("refresh")}}
                 for name, runs in self.models.items()
             },
         }
@@ -170,10 +176,15 @@ class ReplayResult:
 
 def replay(data: EvalData, models: list[str], cut_fraction: float = 0.8, max_events: int | None = None,
            max_users: int | None = None, seed: int = 0, decay: bool = True, quiet: bool = False,
-           audit: Audit | None = None, sequential: dict[str, Any] | None = None) -> ReplayResult:
+           audit: Audit | None = None, sequential: dict[str, Any] | None = None,
+           refresh: list[float] | None = None) -> ReplayResult:
     """Where a model reads the sequential source, the behaviour model is trained once
     on the events before the cut (`sequential`: SeqRecConfig fields over the preset);
-    online, it then reads each user's live sequence; frozen, the sequence at the cut."""
+    online, it then reads each user's live sequence; frozen, the sequence at the cut.
+
+    `refresh` (seconds): peers that take new data in batches (Gorse refits hourly, cloud
+    recommenders take hours): the same engine receives the stream only at each boundary
+    of that interval, so between boundaries it serves the state of the last one."""
     cut = cut_time(data.events, cut_fraction)
     stream = [e for e in data.events if e.timestamp >= cut]
     if max_users is not None:
@@ -186,7 +197,7 @@ def replay(data: EvalData, models: list[str], cut_fraction: float = 0.8, max_eve
     result = ReplayResult(data.name, cut, sum(1 for e in stream if _is_choice(e)))
     for name in models:
         result.models[name] = {}
-        for mode in ("online", "frozen"):
+        for mode in ("online", "frozen", *(f"refresh {r:g}s" for r in refresh or [])):
             with tempfile.TemporaryDirectory(prefix="kairos-replay-") as scratch:
                 engine, clock = _engine_at_cut(data, cut, scratch, decay)
                 if uses_sequential([name], engine.settings):
@@ -194,20 +205,26 @@ def replay(data: EvalData, models: list[str], cut_fraction: float = 0.8, max_eve
                     result.sequential = training_report(train_sequential_for(engine, key, sequential, quiet))
                 counts = np.bincount([engine.catalog.index[e.item_id] for e in data.events if e.timestamp < cut],
                                      minlength=len(engine.catalog)).astype(float)
-                result.models[name][mode] = _replay_run(engine, clock, name, stream, mode == "online",
-                                                        seed, counts, quiet, audit)
+                every = float(mode.split()[1][:-1]) if mode.startswith("refresh") else None
+                result.models[name][mode] = _replay_run(engine, clock, name, stream, mode != "frozen",
+                                                        seed, counts, quiet, audit, every)
                 engine.close()
     return result
 
 
 def _replay_run(engine: Engine, clock: SimulatedClock, name: str, stream: list[EventRecord], online: bool,
-                seed: int, counts: np.ndarray, quiet: bool, audit: Audit | None) -> ReplayRun:
+                seed: int, counts: np.ndarray, quiet: bool, audit: Audit | None,
+                refresh_s: float | None = None) -> ReplayRun:
     weights = model_weights(name, engine.settings)
     rng = np.random.default_rng(seed)
     rows, hits, lists, latencies = [], [], [], []
-    label = f"replay {name} ({'online' if online else 'frozen'})"
-    with progress(label, len(stream), quiet=quiet) as advance:
+    pending: list[EventRecord] = []  # refresh: the events since the last boundary
+    mode = "frozen" if not online else f"refresh {refresh_s:g}s" if refresh_s else "online"
+    with progress(f"replay {name} ({mode})", len(stream), quiet=quiet) as advance:
         for event in stream:
+            if pending and refresh_s and event.timestamp // refresh_s > pending[0].timestamp // refresh_s:
+                engine.ingest_records(pending)
+                pending = []
             clock.set(max(clock.now(), event.timestamp))
             if _is_choice(event):
                 if audit is not None:
@@ -225,7 +242,9 @@ def _replay_run(engine: Engine, clock: SimulatedClock, name: str, stream: list[E
                 rows.append(row)
                 hits.append(row["HR@10"])
                 lists.append(top)
-            if online:
+            if online and refresh_s:
+                pending.append(event)
+            elif online:
                 engine.ingest_records([event])
             advance(1)
     return ReplayRun(mean_metrics(rows), hits, _percentiles(latencies), coverage(lists, len(engine.catalog)),
@@ -244,105 +263,3 @@ def _recommend(engine: Engine, user: str, weights: dict[str, float]) -> list[Any
 @dataclass
 class _Item:
     item_id: str
-
-
-# -- new-item push -----------------------------------------------------------------------
-
-PUSH_TARGETERS = ("random", "active", "category", "semantic")
-
-
-@dataclass
-class PushResult:
-    dataset: str
-    cut: float
-    new_items: int
-    window_days: float
-    targeters: dict[str, dict[str, float]] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"protocol": "push", "dataset": self.dataset, "cut": self.cut, "new_items": self.new_items,
-                "window_days": self.window_days, "targeters": self.targeters}
-
-
-def new_item_push(data: EvalData, targeters: list[str], cut_fraction: float = 0.8, window_days: float = 7.0,
-                  seed: int = 0, quiet: bool = False, audit: Audit | None = None) -> PushResult:
-    """At each new item's arrival (its first event after the cut), rank the known users
-    to notify; hits are the users who interact with it within the window.
-
-    Targeters: `random`; `active` (most events so far); `category` (the baseline:
-    users by their number of recent visits in the item's categories, then activity);
-    `semantic` (users by the cosine of their semantic profile to the item's text).
-    """
-    unknown = set(targeters) - set(PUSH_TARGETERS)
-    if unknown:
-        raise ValueError(f"unknown push targeters {sorted(unknown)}; known: {', '.join(PUSH_TARGETERS)}")
-    cut = cut_time(data.events, cut_fraction)
-    first_seen: dict[str, float] = {}
-    for event in data.events:
-        first_seen.setdefault(event.item_id, event.timestamp)
-    arrivals = {item for item, t in first_seen.items() if t >= cut}
-    window = window_days * DAY
-    takers: dict[str, set[str]] = defaultdict(set)
-    arrival_user: dict[str, str] = {}
-    for event in data.events:
-        if event.item_id in arrivals:
-            arrival_user.setdefault(event.item_id, event.user_id)
-            if event.timestamp <= first_seen[event.item_id] + window and _is_choice(event):
-                takers[event.item_id].add(event.user_id)
-    rows: dict[str, list[dict[str, float]]] = {name: [] for name in targeters}
-    rng = np.random.default_rng(seed)
-    stream = [e for e in data.events if e.timestamp >= cut]
-    with tempfile.TemporaryDirectory(prefix="kairos-push-") as scratch:
-        engine, clock = _engine_at_cut(data, cut, scratch, decay=False)
-        with progress("push replay", len(stream), quiet=quiet) as advance:
-            for event in stream:
-                clock.set(max(clock.now(), event.timestamp))
-                if event.item_id in arrivals and arrival_user[event.item_id] == event.user_id \
-                        and first_seen[event.item_id] == event.timestamp:
-                    if audit is not None:
-                        audit(engine, event)
-                    hits = takers[event.item_id] - {event.user_id}
-                    if hits:
-                        for name in targeters:
-                            ranked = _target(engine, name, event, rng)
-                            rows[name].append(_push_metrics(ranked, hits))
-                engine.ingest_records([event])
-                advance(1)
-        engine.close()
-    result = PushResult(data.name, cut, len(rows[targeters[0]]) if targeters else 0, window_days)
-    for name in targeters:
-        result.targeters[name] = mean_metrics(rows[name])
-    return result
-
-
-def _target(engine: Engine, name: str, event: EventRecord, rng: np.random.Generator) -> list[str]:
-    users = [u for u in engine.state.users if u != event.user_id]
-    if name == "random":
-        return [users[i] for i in rng.permutation(len(users))[:100]]
-    activity = {u: engine.state.users[u].event_count for u in users}
-    if name == "active":
-        return sorted(users, key=lambda u: -activity[u])[:100]
-    if name == "semantic":
-        semantic = engine.semantic
-        vector = semantic.item_vector(engine.catalog.index[event.item_id]) if semantic else None
-        if semantic is None or vector is None:
-            return []
-        closeness = {}
-        for user in users:
-            profile = semantic.profile(user)
-            if profile is not None:
-                closeness[user] = float(profile @ vector)
-        return sorted(closeness, key=lambda u: (-closeness[u], -activity[u]))[:100]
-    categories = set(engine.catalog.categories[engine.catalog.index[event.item_id]])
-
-    def affinity(user: str) -> int:
-        steps = engine.state.users[user].recent
-        return sum(1 for s in steps if categories & set(engine.catalog.categories[s.item]))
-
-    return sorted(users, key=lambda u: (-affinity(u), -activity[u]))[:100]
-
-
-def _push_metrics(ranked: list[str], hits: set[str]) -> dict[str, float]:
-    found = [1.0 if user in hits else 0.0 for user in ranked]
-    return {"precision@10": sum(found[:10]) / 10, "precision@100": sum(found[:100]) / 100,
-            "recall@100": sum(found[:100]) / len(hits)}

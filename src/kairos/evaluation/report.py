@@ -15,9 +15,12 @@ from rich.table import Table
 
 from kairos import __version__
 from kairos.evaluation.protocols import LooResult
-from kairos.evaluation.replay import PushResult, ReplayResult, TemporalResult
+from kairos.evaluation.push_replay import PolicyReplayResult
+from kairos.evaluation.push_targeting import METRICS as PUSH_METRICS
+from kairos.evaluation.push_targeting import TargetingResult
+from kairos.evaluation.replay import ReplayResult, TemporalResult
 
-AnyResult = LooResult | TemporalResult | ReplayResult | PushResult
+AnyResult = LooResult | TemporalResult | ReplayResult | TargetingResult | PolicyReplayResult
 
 HEADLINE = ("HR@1", "HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "MRR")
 
@@ -66,21 +69,53 @@ def _rows(result: AnyResult) -> tuple[str, list[str], list[list[str]]]:
                 ["model", *keys],
                 [[name, *(f"{m[k]:.4f}" for k in keys)] for name, m in result.models.items()])
     if isinstance(result, ReplayResult):
+        refresh = result.refresh_modes()
         rows = []
         for name, runs in result.models.items():
             on, off = runs["online"], runs["frozen"]
+            peers = [cell for mode in refresh if mode in runs
+                     for cell in (f"{runs[mode].metrics['HR@10']:.4f}", f"{result.ratio(name, over=mode):.2f}x")]
             rows.append([name, f"{on.metrics['HR@10']:.4f}", f"{off.metrics['HR@10']:.4f}",
-                         f"{result.ratio(name):.2f}x", f"{on.metrics['NDCG@10']:.4f}",
+                         f"{result.ratio(name):.2f}x", *peers, f"{on.metrics['NDCG@10']:.4f}",
                          f"{off.metrics['NDCG@10']:.4f}", f"{on.latency_ms.get('p50', 0):.2f}",
                          f"{on.latency_ms.get('p99', 0):.2f}"])
+        peer_header = [h for mode in refresh for h in (f"HR@10 {_every(mode)}", f"online/{_every(mode)}")]
         return (f"{result.dataset}: prequential replay of {result.events:,} events",
-                ["model", "HR@10 online", "HR@10 frozen", "online/frozen", "NDCG@10 online",
+                ["model", "HR@10 online", "HR@10 frozen", "online/frozen", *peer_header, "NDCG@10 online",
                  "NDCG@10 frozen", "p50 ms", "p99 ms"], rows)
-    keys = ["precision@10", "precision@100", "recall@100"]
-    return (f"{result.dataset}: new-item push, {result.new_items:,} arrivals, "
-            f"{result.window_days:g}-day window",
-            ["targeter", *keys],
-            [[name, *(f"{m.get(k, 0):.4f}" for k in keys)] for name, m in result.targeters.items()])
+    if isinstance(result, PolicyReplayResult):
+        keys = ["sends", "hits", "precision", "sends_per_user_per_day", "recall_of_engaged_days",
+                "cap_violations", "quiet_hour_violations"]
+        return (f"{result.dataset}: push policy replay of {result.events:,} events, {result.users:,} users, "
+                f"{result.days:g} days", ["strategy", *keys],
+                [[name, *(f"{m[k]:.4f}" if isinstance(m[k], float) else f"{m[k]:,}" for k in keys)]
+                 for name, m in result.strategies.items()])
+    return _targeting_rows(result)
+
+
+def _every(mode: str) -> str:
+    """'refresh 3600s' -> 'every 1h'."""
+    seconds = float(mode.split()[1][:-1])
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"every {seconds / size:g}{unit}"
+    return f"every {seconds:g}s"
+
+
+def _targeting_rows(result: TargetingResult) -> tuple[str, list[str], list[list[str]]]:
+    order = "per-user order" if result.order == "per-user" else f"{result.window_days:g}-day window"
+    title = (f"{result.dataset}: item -> user targeting{' (cold items)' if result.cold else ''}, "
+             f"{result.items:,} items x {result.users:,} users, {order}")
+    rows = []
+    for name, metrics in result.targeters.items():
+        cells = [f"{metrics[k]['mean']:.4f} [{metrics[k]['low']:.4f}, {metrics[k]['high']:.4f}]"
+                 for k in PUSH_METRICS]
+        paired = result.paired.get(f"kairos/{name}")
+        rows.append([name, *cells, f"{paired['ratio']:.2f}x [{paired['low']:.2f}, {paired['high']:.2f}]"
+                     if paired else ""])
+    if result.ceiling:
+        rows.append(["(ceiling)", *(f"{result.ceiling[k]:.4f}" for k in PUSH_METRICS), ""])
+    return title, ["targeter", *PUSH_METRICS, "kairos / it, P@100"], rows
 
 
 def write_outputs(results: list[AnyResult], out: Path, config: dict[str, Any], notes: list[str]) -> list[Path]:
@@ -106,6 +141,9 @@ def write_outputs(results: list[AnyResult], out: Path, config: dict[str, Any], n
         if isinstance(result, ReplayResult):
             written.append(out / "replay.png")
             _rolling_chart(result, written[-1])
+        if isinstance(result, TargetingResult) and result.calibration:
+            written.append(out / f"reliability{'-cold' if result.cold else ''}.png")
+            _reliability_chart(result, written[-1])
     return written
 
 
@@ -119,6 +157,8 @@ def _markdown(results: list[AnyResult], payload: dict[str, Any]) -> str:
             title, header, rows = _rows(result)
             lines += ["", f"## {title}", "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
             lines += ["| " + " | ".join(row) + " |" for row in rows]
+            if isinstance(result, TargetingResult):
+                lines += _calibration_lines(result)
             continue
         convention = "history masked" if result.mask_history else "history kept"
         cold = f", cold start ({result.cold_items:,} items held out of training)" if result.cold_items else ""
@@ -175,6 +215,40 @@ def _rolling_chart(result: ReplayResult, path: Path, window: int = 500) -> None:
     ax.set_ylabel(f"HR@10, rolling mean of {window}")
     ax.set_title(f"{result.dataset}: online vs frozen")
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _calibration_lines(result: TargetingResult) -> list[str]:
+    lines = [f"- {note}" for note in result.notes]
+    for part, label in (("all", "every eligible (user, item) pair"), ("top100", "each item's top 100")):
+        c = result.calibration.get(part)
+        if c:
+            lines.append(f"- calibration of the served p over {label}: ECE {c['ece']:.4f}, Brier {c['brier']:.4f}, "
+                         f"mean p {c['mean_p']:.4f} vs rate {c['rate']:.4f} ({c['pairs']:,} pairs)")
+    return ["", *lines] if lines else []
+
+
+def _reliability_chart(result: TargetingResult, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+    for ax, part, label in ((axes[0], "all", "every eligible pair"), (axes[1], "top100", "each item's top 100")):
+        bins = result.calibration[part]["bins"]
+        p, rate = [b["p"] for b in bins], [b["rate"] for b in bins]
+        top = max([*p, *rate, 1e-6]) * 1.1
+        ax.plot([0, top], [0, top], ":", color="grey", label="perfect")
+        ax.plot(p, rate, "o-", label=f"kairos (ECE {result.calibration[part]['ece']:.4f})")
+        ax.set_xlim(0, top)
+        ax.set_ylim(0, top)
+        ax.set_xlabel("served p (mean of an equal-mass bin)")
+        ax.set_ylabel("share who took the item")
+        ax.set_title(f"{result.dataset}{' cold' if result.cold else ''}: {label}")
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -8,9 +8,12 @@ from typing import Any
 
 from kairos.evaluation.data import EvalData, load_eval_data
 from kairos.evaluation.protocols import BASELINES, leave_one_out
-from kairos.evaluation.replay import PUSH_TARGETERS, new_item_push, replay, temporal_split
+from kairos.evaluation.push_targeting import TARGETERS as PUSH_TARGETERS
+from kairos.evaluation.push_replay import STRATEGIES, push_replay
+from kairos.evaluation.push_targeting import push_targeting
+from kairos.evaluation.replay import replay, temporal_split
 
-PROTOCOLS = ("loo", "coldstart", "temporal", "replay", "push")
+PROTOCOLS = ("loo", "coldstart", "temporal", "replay", "push", "push-replay")
 
 
 @dataclass
@@ -24,7 +27,11 @@ class EvalOptions:
     cut: float = 0.8  # share of events before the cut (temporal, replay, push)
     cold_share: float = 0.1  # coldstart: share of items held out of training
     window_days: float = 7.0  # push
+    cold: bool = False  # push: the candidate items' events before the cut removed too
+    max_items: int | None = None  # push: a seeded sample of the candidate items
+    order: str = "auto"  # push: time | per-user | auto (per-user where timestamps are synthetic)
     decay: bool = True  # replay: serving decay on (popularity, co-visitation)
+    refresh: list[float] | None = None  # replay: seconds between batch refreshes of peer baselines
     seed: int = 0
     sequential: dict[str, Any] | None = None  # SeqRecConfig fields over the preset (behaviour model)
 
@@ -52,9 +59,16 @@ def run_evaluation(data: Path | EvalData, protocol: str, options: EvalOptions | 
                                         sequential=options.sequential)]
     if protocol == "replay":
         return dataset, [replay(dataset, models, options.cut, options.max_events, options.max_users,
-                                options.seed, options.decay, quiet, sequential=options.sequential)]
+                                options.seed, options.decay, quiet, sequential=options.sequential,
+                                refresh=options.refresh)]
+    if protocol == "push-replay":
+        return dataset, [push_replay(dataset, options.models or list(STRATEGIES), options.cut, options.max_events,
+                                     options.seed, quiet, sequential=options.sequential)]
     targeters = options.models or list(PUSH_TARGETERS)
-    return dataset, [new_item_push(dataset, targeters, options.cut, options.window_days, options.seed, quiet)]
+    return dataset, [push_targeting(dataset, targeters, options.cut, options.window_days, cold=options.cold,
+                                    max_items=options.max_items, order=options.order,
+                                    seed=options.seed, quiet=quiet,
+                                    sequential=options.sequential)]
 
 
 def config_of(dataset: EvalData, path: Path, protocol: str, options: EvalOptions) -> dict[str, Any]:
