@@ -13,7 +13,9 @@ item known only by its text (the `item_created` trigger's situation); eligibilit
 unchanged, so warm and cold rank the same users for the same items.
 
 `kairos` is what the push pipeline serves: its Targeter's features and a calibration
-fitted on the events before T alone (an inner cut, as `kairos push calibrate` does).
+fitted on the events before T alone (an inner cut of the same geometry, as `kairos push
+calibrate` fits it, with a behaviour model trained before the inner cut so that its
+feature is not better in the fit than it is here).
 """
 
 from __future__ import annotations
@@ -166,7 +168,10 @@ def push_targeting(data: EvalData, targeters: list[str], cut_fraction: float = 0
             calibrator = DEFAULT
             if "kairos" in targeters:
                 try:
-                    calibrator = fit_calibration(engine.store, engine.settings, registered, quiet=quiet)
+                    # The same geometry as this evaluation, inside the events before its cut.
+                    calibrator = fit_calibration(engine.store, engine.settings, registered, quiet=quiet,
+                                                 window_s=window_days * DAY, per_user=per_user,
+                                                 min_takers=min_users, retrain=sequential or {})
                 except ValueError as error:
                     result.notes.append(f"kairos: the hand-set prior calibration ({error})")
                 result.calibrator = {"fitted": calibrator.fitted, **{k: v for k, v in calibrator.meta.items()

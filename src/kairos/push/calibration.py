@@ -70,10 +70,17 @@ DEFAULT = Calibrator(coef=[0.12, 0.0, 2.5, 0.0, 0.25, 0.35, -0.4, 0.15], interce
 
 def fit_calibration(store: Any, settings: Settings, registered: Any = None, *, holdout: float = 0.2,
                     window_s: float = 7 * DAY, max_items: int = 300, negatives: int = 50, seed: int = 0,
-                    quiet: bool = False) -> Calibrator:
+                    quiet: bool = False, per_user: bool = False, min_takers: int = 1,
+                    retrain: dict[str, Any] | None = None) -> Calibrator:
     """Fit on the log of `store` as the module docstring says. `registered`: the behaviour
     model to score with (the one serving; it saw the whole log, so its feature is a little
-    optimistic). ValueError when the log is too small to say anything."""
+    optimistic). `per_user`: cut each user's sequence at their own (1 - holdout) position
+    and label by the rest of it (logs whose timestamps carry order only); `min_takers`:
+    only items that many users took after the cut (to match an evaluation's selection);
+    `retrain` (SeqRecConfig overrides, {} for the preset): instead of `registered`, train a
+    behaviour model on the events before the inner cut, so its feature is as good in the
+    fit as in serving (evaluation does; it costs a training).
+    ValueError when the log is too small to say anything."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import log_loss, roc_auc_score
 
@@ -89,10 +96,22 @@ def fit_calibration(store: Any, settings: Settings, registered: Any = None, *, h
     events: list[EventRecord] = [e for batch in store.iter_events() for e in batch]
     if len(events) < 100:
         raise ValueError(f"the log has {len(events)} events; calibration needs at least 100")
-    times = np.array([e.timestamp for e in events])
-    cut = float(np.quantile(times, 1 - holdout))
-    before = [e for e in events if e.timestamp < cut]
-    after = [e for e in events if cut <= e.timestamp <= cut + window_s]
+    if per_user:
+        by_user: dict[str, list[EventRecord]] = defaultdict(list)
+        for e in sorted(events, key=lambda e: e.timestamp):
+            by_user[e.user_id].append(e)
+        before, after = [], []
+        for mine in by_user.values():
+            at = max(1, int(len(mine) * (1 - holdout)))
+            before += mine[:at]
+            after += mine[at:]
+        before.sort(key=lambda e: e.timestamp)
+        cut = max(e.timestamp for e in before)
+    else:
+        times = np.array([e.timestamp for e in events])
+        cut = float(np.quantile(times, 1 - holdout))
+        before = [e for e in events if e.timestamp < cut]
+        after = [e for e in events if cut <= e.timestamp <= cut + window_s]
     rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory(prefix="kairos-calibration-") as scratch:
         scratch_settings = settings.model_copy(update={"db_path": Path(scratch) / "cut.db",
@@ -109,6 +128,15 @@ def fit_calibration(store: Any, settings: Settings, registered: Any = None, *, h
                 for start in range(0, len(before), 10_000):
                     engine.ingest_records(before[start:start + 10_000])
                     advance(len(before[start:start + 10_000]))
+            if retrain is not None and registered is not None:
+                from kairos.training.pipeline import NotEnoughData, as_registered, train_from_store
+
+                embed = engine.semantic.embed if engine.semantic is not None else None
+                try:
+                    registered = as_registered(train_from_store(engine.store, engine.settings, embed,
+                                                                overrides=retrain, quiet=quiet))
+                except NotEnoughData:
+                    registered = None
             if registered is not None:
                 engine.install_model(registered)
             view = EngineView(engine)
@@ -126,7 +154,7 @@ def fit_calibration(store: Any, settings: Settings, registered: Any = None, *, h
                     key = engine.catalog.index.get(e.item_id)
                     if key is not None and key not in touched[e.user_id]:
                         takers[e.item_id].add(e.user_id)
-            chosen = sorted(takers)
+            chosen = sorted(item for item, users in takers.items() if len(users) >= min_takers)
             if len(chosen) < 5:
                 raise ValueError(f"only {len(chosen)} items were taken up after the cut; too few to calibrate")
             if len(chosen) > max_items:
@@ -163,9 +191,11 @@ def fit_calibration(store: Any, settings: Settings, registered: Any = None, *, h
                if 0 < y[test].sum() < len(y[test]) else None}
     model.fit(x, y, sample_weight=w)  # the served fit uses every item
     return Calibrator(coef=[float(c) for c in model.coef_[0]], intercept=float(model.intercept_[0]), fitted=True,
-                      meta={"fitted_at": time.time(), "events": len(events), "cut": cut, "window_s": window_s,
+                      meta={"fitted_at": time.time(), "events": len(events), "cut": cut,
+                            "window_s": None if per_user else window_s, "per_user": per_user,
                             "seconds": round(time.perf_counter() - started, 1),
                             "behaviour_model": getattr(registered, "version", None),
+                            "behaviour_model_retrained": retrain is not None and registered is not None,
                             "features": list(FEATURES), **metrics})
 
 
