@@ -10,7 +10,8 @@ bursts and leave: few known at T come back within a week), the cut is each user'
 
 `cold`: the candidate items' events before T are removed too, so each is a brand-new
 item known only by its text (the `item_created` trigger's situation); eligibility is
-unchanged, so warm and cold rank the same users for the same items.
+unchanged. A seeded sample of COLD_ITEMS candidates (unless `max_items` says otherwise),
+so that removing their events leaves most of the training data in place.
 
 `kairos` is what the push pipeline serves: its Targeter's features and a calibration
 fitted on the events before T alone (an inner cut of the same geometry, as `kairos push
@@ -87,9 +88,13 @@ def _is_choice(event: EventRecord) -> bool:
     return event.type not in NON_VISIT_TYPES
 
 
+COLD_ITEMS = 200  # cold candidates by default: removing more would take much of the training data away
+
+
 def split_for_targeting(data: EvalData, cut_fraction: float, window_days: float, min_users: int,
-                        cold: bool, per_user: bool) -> Split:
-    """The training events, and per candidate item its hits and the users it excludes."""
+                        cold: bool, per_user: bool, max_items: int | None = None, seed: int = 0) -> Split:
+    """The training events, and per candidate item its hits and the users it excludes.
+    `max_items` samples the candidates (seeded) before a cold split removes their events."""
     if per_user:
         by_user: dict[str, list[EventRecord]] = defaultdict(list)
         for e in data.events:
@@ -115,6 +120,11 @@ def split_for_targeting(data: EvalData, cut_fraction: float, window_days: float,
         if _is_choice(e) and e.user_id in known and e.user_id not in touched[e.item_id]:
             takers[e.item_id].add(e.user_id)
     hits = {item: users for item, users in takers.items() if len(users) >= min_users}
+    if cold and max_items is None:
+        max_items = COLD_ITEMS
+    if max_items is not None and len(hits) > max_items:
+        chosen = np.random.default_rng(seed).choice(sorted(hits), max_items, replace=False).tolist()
+        hits = {item: hits[item] for item in sorted(chosen)}
     if cold:
         train = [e for e in train if e.item_id not in hits]
         known = {e.user_id for e in train}
@@ -139,11 +149,9 @@ def push_targeting(data: EvalData, targeters: list[str], cut_fraction: float = 0
     if order not in ("auto", "time", "per-user"):
         raise ValueError(f"order: {order!r} is not auto, time or per-user")
     per_user = order == "per-user" or (order == "auto" and data.synthetic_time)
-    split = split_for_targeting(data, cut_fraction, window_days, min_users, cold, per_user)
+    split = split_for_targeting(data, cut_fraction, window_days, min_users, cold, per_user, max_items, seed)
     rng = np.random.default_rng(seed)
     items = sorted(split.hits)
-    if max_items is not None and len(items) > max_items:
-        items = sorted(rng.choice(items, max_items, replace=False).tolist())
     result = TargetingResult(data.name, split.cut, split.order, window_days, cold, len(items), 0)
     if per_user:
         why = "synthetic timestamps (order only)" if data.synthetic_time else "per-user order asked for"
