@@ -135,8 +135,7 @@ def split_for_targeting(data: EvalData, cut_fraction: float, window_days: float,
 
 def push_targeting(data: EvalData, targeters: list[str], cut_fraction: float = 0.8, window_days: float = 7.0,
                    min_users: int = 3, cold: bool = False, max_items: int | None = None, order: str = "auto",
-                   seed: int = 0,
-                   quiet: bool = False, audit: Audit | None = None,
+                   seed: int = 0, quiet: bool = False, audit: Audit | None = None,
                    sequential: dict[str, Any] | None = None) -> TargetingResult:
     from kairos.push.calibration import DEFAULT, fit_calibration
     from kairos.push.engine_view import EngineView
@@ -196,21 +195,20 @@ def push_targeting(data: EvalData, targeters: list[str], cut_fraction: float = 0
                 for item_id in items:
                     item_key = engine.catalog.index[item_id]
                     excluded = split.eligible_excluded[item_id]
-                    rows_ = np.array([r for r in alive.tolist() if vectors.ids[r] not in excluded])
-                    hit = np.array([vectors.ids[r] in split.hits[item_id] for r in rows_.tolist()])
-                    x = targeter.features(item_key, rows_)
+                    eligible = np.array([r for r in alive.tolist() if vectors.ids[r] not in excluded])
+                    hit = np.array([vectors.ids[r] in split.hits[item_id] for r in eligible.tolist()])
+                    x = targeter.features(item_key, eligible)
                     ceiling.append(_metrics(np.sort(hit)[::-1], int(hit.sum())))
                     for name in targeters:
-                        scores = _scores(name, x, rows_, affinity, engine.catalog.categories[item_key],
+                        scores = _scores(name, x, eligible, affinity, engine.catalog.categories[item_key],
                                          calibrator, rng)
-                        order = np.lexsort((rng.random(len(scores)), -scores))  # ties broken at random
-                        rows[name].append(_metrics(hit[order], int(hit.sum())))
-                        if name == "kairos":
-                            p = calibrator.p(x)
-                            served_p.append(p)
+                        ranking = np.lexsort((rng.random(len(scores)), -scores))  # ties broken at random
+                        rows[name].append(_metrics(hit[ranking], int(hit.sum())))
+                        if name == "kairos":  # its scores are the served p
+                            served_p.append(scores)
                             served_hit.append(hit)
-                            top = np.zeros(len(p), dtype=bool)
-                            top[order[:100]] = True
+                            top = np.zeros(len(scores), dtype=bool)
+                            top[ranking[:100]] = True
                             served_top.append(top)
                     advance(1)
         finally:
