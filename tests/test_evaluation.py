@@ -120,12 +120,14 @@ def test_push_targeting_sees_nothing_at_or_after_the_cut_and_cold_items_not_at_a
     assert [p.name for p in written] == ["results.json", "report.md"]
 
 
-def test_online_state_beats_frozen_on_a_sequential_pattern() -> None:
+def test_online_state_beats_frozen_on_a_sequential_pattern(tmp_path: Path) -> None:
     result = replay(synthetic(), ["covisit"], cut_fraction=0.5, quiet=True, refresh=[20_000.0])
     runs = result.models["covisit"]
     assert runs["online"].metrics["HR@10"] > runs["frozen"].metrics["HR@10"]
     # A peer that takes the stream in batches sits between the two: it catches up at each boundary.
     assert runs["online"].metrics["HR@10"] > runs["refresh 20000s"].metrics["HR@10"] >= runs["frozen"].metrics["HR@10"]
+    write_outputs([result], tmp_path / "out", {"dataset": "letters"}, [])
+    assert "online/every 20000s" in (tmp_path / "out" / "report.md").read_text()
 
 
 def test_evaluations_are_reproducible(tmp_path: Path) -> None:

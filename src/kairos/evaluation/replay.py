@@ -157,7 +157,7 @@ class ReplayResult:
 
     def refresh_modes(self) -> list[str]:
         modes = {mode for runs in self.models.values() for mode in runs if mode.startswith("refresh")}
-        return sorted(modes, key=lambda mode: float(mode.split()[1]))
+        return sorted(modes, key=lambda mode: float(mode.split()[1][:-1]))
 
     def to_json(self) -> dict[str, Any]:
         return {
