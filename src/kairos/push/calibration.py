@@ -5,13 +5,13 @@ model's log-probability of the item as the user's next one, the cosine of the us
 semantic profile to the item's text, co-visitation from the user's latest visits, and
 the user's activity and the item's popularity (FEATURES). A logistic regression maps
 them to p; which features it fuses (SUBSETS) is chosen by how well each choice ranks
-the users of held-out items. It is fitted on the event log (`fit_calibration`, `kairos push calibrate`):
-the log is cut at 80% of its time span, the online state is rebuilt from the events
-before the cut, and for items chosen after the cut the label of each user who had not
-touched the item is whether they engaged with it (a positive event) within the week
-after the cut. Negatives are sampled per item and weighted back, so the intercept
-stays a real base rate. Until a fit exists, DEFAULT (coefficients of a fit on
-MovieLens ml-latest-small, see docs/push.md) gives p of the right order.
+the users of held-out items. It is fitted on the event log (`fit_calibration`,
+`kairos push calibrate`): the log is cut at its 80% quantile of event times, the
+online state is rebuilt from the events before the cut, and for items chosen after
+the cut the label of each user who had not touched the item is whether they engaged
+with it (a positive event) within the week after the cut. Negatives are sampled per
+item and weighted back, so the intercept stays a real base rate. Until a fit exists,
+DEFAULT (a hand-set prior, see docs/push.md) gives p of the right order.
 
 A p is organic engagement, not the effect of notifying: nobody was notified in the
 log. Feedback (opens, clicks) enters the log as events, so refits learn from it.
