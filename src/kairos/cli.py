@@ -359,7 +359,8 @@ def evaluate(
     protocol: Annotated[str, typer.Option(help="loo, coldstart, temporal, replay, push or push-replay.")] = "loo",
     models: Annotated[str | None, typer.Option(help="Comma-separated (default: random, popular, covisit, "
                                                     "semantic, kairos; push: random, active, category, "
-                                                    "covisit, semantic, sequential, kairos).")] = None,
+                                                    "covisit, semantic, sequential, kairos; push-replay: "
+                                                    "kairos, popular, no-policy).")] = None,
     out: Annotated[Path, typer.Option(help="Folder for results.json, report.md, plots.")] = Path("runs/eval"),
     mask_history: Annotated[str, typer.Option(help="loo: both, yes (LlamaRec) or no (RecBole/UniSRec).")]
     = "both",

@@ -18,7 +18,9 @@ PROTOCOLS = ("loo", "coldstart", "temporal", "replay", "push", "push-replay")
 
 @dataclass
 class EvalOptions:
-    models: list[str] | None = None  # None: the protocol's defaults (baselines, semantic, sequential, kairos; push: all targeters)
+    # None: the protocol's defaults (baselines, semantic, sequential, kairos; push: every
+    # targeter; push-replay: every strategy)
+    models: list[str] | None = None
     mask_history: str = "both"  # both | yes | no (leave-one-out)
     split: str = "test"  # test | valid (leave-one-out)
     core: int = 0  # keep items, then users, with at least this many events
