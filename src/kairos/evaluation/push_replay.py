@@ -25,7 +25,6 @@ import heapq
 import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,10 +33,9 @@ from kairos.clock import SimulatedClock
 from kairos.config import DAY, Settings
 from kairos.engine import Engine
 from kairos.evaluation.data import EvalData
-from kairos.evaluation.protocols import _items_as_models, train_sequential_for, training_report, uses_sequential
-from kairos.evaluation.replay import cut_time, stream_settings
+from kairos.evaluation.protocols import train_sequential_for, training_report, uses_sequential
+from kairos.evaluation.replay import _engine_at_cut, _is_choice, cut_time
 from kairos.progress import progress
-from kairos.schema import NON_VISIT_TYPES
 from kairos.store import EventRecord
 
 STRATEGIES = ("kairos", "popular", "no-policy")
@@ -76,8 +74,7 @@ class PolicyReplayResult:
 
 
 def push_replay(data: EvalData, strategies: list[str], cut_fraction: float = 0.8, max_events: int | None = None,
-                seed: int = 0, quiet: bool = False, sequential: dict[str, Any] | None = None,
-                settings_update: dict[str, Any] | None = None) -> PolicyReplayResult:
+                seed: int = 0, quiet: bool = False, sequential: dict[str, Any] | None = None) -> PolicyReplayResult:
     unknown = set(strategies) - set(STRATEGIES)
     if unknown:
         raise ValueError(f"unknown push-replay strategies {sorted(unknown)}; known: {', '.join(STRATEGIES)}")
@@ -96,22 +93,16 @@ def push_replay(data: EvalData, strategies: list[str], cut_fraction: float = 0.8
     engaged = _engaged_days(stream, zones)
     for name in strategies:
         with tempfile.TemporaryDirectory(prefix="kairos-push-replay-") as scratch:
-            settings = stream_settings(Path(scratch) / "stream.db", decay=True)
-            if settings_update:
-                settings = settings.model_copy(update=settings_update)
-            engine = Engine(settings, clock=SimulatedClock(cut))
+            engine, _ = _engine_at_cut(data, cut, scratch, decay=True)
             try:
-                engine.upsert_items(_items_as_models(data))
-                train = [e for e in data.events if e.timestamp < cut]
-                for start in range(0, len(train), 10_000):
-                    engine.ingest_records(train[start:start + 10_000])
                 if uses_sequential(["kairos"], engine.settings):
                     key = ("push-replay", data.name, data.fingerprint(), str(cut_fraction))
                     result.sequential = training_report(train_sequential_for(engine, key, sequential, quiet))
                 sends = _run(engine, name, stream, zones, quiet)
             finally:
                 engine.close()
-        result.strategies[name] = _report(sends, zones, engine.settings, len(users), days, engaged)
+        result.strategies[name] = _report(sends, _preferences(engine.settings, zones), zones, len(users), days,
+                                          engaged)
     return result
 
 
@@ -121,8 +112,6 @@ def _run(engine: Engine, strategy: str, stream: list[EventRecord], zones: dict[s
     from kairos.push.config import NextBestConfig
     from kairos.push.engine_view import EngineView
     from kairos.push.policy import Budget, Candidate, Past, Policy
-    from kairos.push.preferences import effective_preferences
-    from kairos.push.schema import PushPreferences
     from kairos.push.targeting import Targeter
     from kairos.push.user_vectors import UserVectors
 
@@ -141,10 +130,9 @@ def _run(engine: Engine, strategy: str, stream: list[EventRecord], zones: dict[s
             pass  # too little before the cut: the hand-set prior
     targeter = Targeter(view, vectors, calibrator)
     policy = Policy(settings)
-    preferences = {u: effective_preferences(settings, u, PushPreferences(timezone=tz)) for u, tz in zones.items()}
+    preferences = _preferences(settings, zones)
     history: dict[str, list[Past]] = defaultdict(list)
-    hours: dict[int, int] = defaultdict(int)
-    budget = Budget(settings.push_max_per_hour, lambda hour: hours[hour])
+    budget = Budget(settings.push_max_per_hour, lambda hour: 0)  # it counts what it grants itself
     timers: list[tuple[float, str]] = []  # (due, user) heap; stale entries skipped
     armed: dict[str, float] = {}
     sends: list[Send] = []
@@ -174,7 +162,6 @@ def _run(engine: Engine, strategy: str, stream: list[EventRecord], zones: dict[s
             if decision.status != "scheduled":
                 return
             at = decision.due_at
-            hours[int(at // 3600)] += 1
             history[user_id].append(Past(at, "next_best", item_id, "delivered", delivered_at=at))
         send = Send(user_id, item_id, at)
         sends.append(send)
@@ -188,7 +175,7 @@ def _run(engine: Engine, strategy: str, stream: list[EventRecord], zones: dict[s
                     del armed[user_id]
                     fire(due, user_id)
             clock.set(max(clock.now(), event.timestamp))
-            if event.type not in NON_VISIT_TYPES:
+            if _is_choice(event):
                 for send in open_sends.get((event.user_id, event.item_id), []):
                     if send.at < event.timestamp <= send.at + HIT_WINDOW_S and not send.hit:
                         send.taken_at = event.timestamp
@@ -209,25 +196,31 @@ def _engaged_days(stream: list[EventRecord], zones: dict[str, str]) -> set[tuple
     from kairos.push.policy import local
 
     return {(e.user_id, local(e.timestamp, zones[e.user_id]).date()) for e in stream
-            if e.type not in NON_VISIT_TYPES}
+            if _is_choice(e)}
 
 
-def _report(sends: list[Send], zones: dict[str, str], settings: Settings, users: int, days: float,
-            engaged: set[tuple[str, Any]]) -> dict[str, Any]:
-    from kairos.push.policy import local, quiet_until
+def _preferences(settings: Settings, zones: dict[str, str]) -> dict[str, Any]:
+    """Each user's effective preferences: the service defaults in their drawn zone."""
     from kairos.push.preferences import effective_preferences
     from kairos.push.schema import PushPreferences
+
+    return {u: effective_preferences(settings, u, PushPreferences(timezone=tz)) for u, tz in zones.items()}
+
+
+def _report(sends: list[Send], preferences: dict[str, Any], zones: dict[str, str], users: int, days: float,
+            engaged: set[tuple[str, Any]]) -> dict[str, Any]:
+    from kairos.push.policy import local, quiet_until
 
     per_day: dict[tuple[str, Any], int] = defaultdict(int)
     quiet = cap = 0
     hit_days = set()
     for send in sends:
-        preferences = effective_preferences(settings, send.user_id, PushPreferences(timezone=zones[send.user_id]))
+        mine = preferences[send.user_id]
         day = local(send.at, zones[send.user_id]).date()
         per_day[(send.user_id, day)] += 1
-        if per_day[(send.user_id, day)] > preferences.max_per_day:
+        if per_day[(send.user_id, day)] > mine.max_per_day:
             cap += 1
-        if quiet_until(send.at, preferences) is not None:
+        if quiet_until(send.at, mine) is not None:
             quiet += 1
         if send.taken_at is not None:
             hit_days.add((send.user_id, local(send.taken_at, zones[send.user_id]).date()))

@@ -26,19 +26,16 @@ import tempfile
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from kairos.clock import SimulatedClock
 from kairos.config import DAY
 from kairos.engine import Engine
 from kairos.evaluation.data import EvalData
-from kairos.evaluation.protocols import _items_as_models, train_sequential_for, training_report
-from kairos.evaluation.replay import cut_time, stream_settings
+from kairos.evaluation.protocols import train_sequential_for, training_report
+from kairos.evaluation.replay import _engine_at_cut, _is_choice, cut_time
 from kairos.progress import progress
-from kairos.schema import NON_VISIT_TYPES
 from kairos.store import EventRecord
 
 TARGETERS = ("random", "active", "category", "covisit", "semantic", "sequential", "kairos")
@@ -82,10 +79,6 @@ class TargetingResult:
                 "targeters": self.targeters, "paired": self.paired, "calibration": self.calibration,
                 "ceiling": self.ceiling, "sequential_model": self.sequential, "calibrator": self.calibrator,
                 "notes": self.notes}
-
-
-def _is_choice(event: EventRecord) -> bool:
-    return event.type not in NON_VISIT_TYPES
 
 
 COLD_ITEMS = 200  # cold candidates by default: removing more would take much of the training data away
@@ -162,7 +155,7 @@ def push_targeting(data: EvalData, targeters: list[str], cut_fraction: float = 0
     served_hit: list[np.ndarray] = []
     served_top: list[np.ndarray] = []
     with tempfile.TemporaryDirectory(prefix="kairos-push-eval-") as scratch:
-        engine = _engine_with(data, split.train, split.cut, Path(scratch))
+        engine, _ = _engine_at_cut(data, split.cut, scratch, decay=False, train=split.train)
         try:
             if audit is not None:
                 audit(engine, split)
@@ -219,14 +212,6 @@ def push_targeting(data: EvalData, targeters: list[str], cut_fraction: float = 0
         result.calibration = calibration_report(np.concatenate(served_p), np.concatenate(served_hit),
                                                 np.concatenate(served_top))
     return result
-
-
-def _engine_with(data: EvalData, train: list[EventRecord], now: float, scratch: Path) -> Engine:
-    engine = Engine(stream_settings(scratch / "cut.db", decay=False), clock=SimulatedClock(now))
-    engine.upsert_items(_items_as_models(data))
-    for start in range(0, len(train), 10_000):
-        engine.ingest_records(train[start:start + 10_000])
-    return engine
 
 
 def _category_affinity(engine: Engine, vectors: Any, rows: np.ndarray) -> dict[str, np.ndarray]:

@@ -58,11 +58,14 @@ def cut_time(events: list[EventRecord], fraction: float) -> float:
     return events[min(int(len(events) * fraction), len(events) - 1)].timestamp
 
 
-def _engine_at_cut(data: EvalData, cut: float, scratch: str, decay: bool) -> tuple[Engine, SimulatedClock]:
+def _engine_at_cut(data: EvalData, cut: float, scratch: str, decay: bool,
+                   train: list[EventRecord] | None = None) -> tuple[Engine, SimulatedClock]:
+    """An engine at simulated time `cut` holding `train` (default: every event before it)."""
     clock = SimulatedClock(cut)
     engine = Engine(stream_settings(Path(scratch) / "stream.db", decay), clock=clock)
     engine.upsert_items(_items_as_models(data))
-    train = [e for e in data.events if e.timestamp < cut]
+    if train is None:
+        train = [e for e in data.events if e.timestamp < cut]
     for start in range(0, len(train), 10_000):
         engine.ingest_records(train[start : start + 10_000])
     return engine, clock
