@@ -16,6 +16,7 @@ from kairos.datasets.demo import DemoConfig, generate_demo, import_demo_data
 from kairos.engine import Engine
 from kairos.push.calibration import DEFAULT, FEATURES, Calibrator, fit_calibration
 from kairos.push.service import PushService
+from kairos.schema import Item
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +39,41 @@ def test_a_fit_on_the_log_ranks_held_out_items_and_keeps_a_true_base_rate(demo_d
     assert fitted.fitted and meta["items"] >= 50 and meta["positives"] >= 100
     assert meta["held_out_auc"] > 0.75  # far from a coin on items the fit never saw
     assert 0.0005 < meta["base_rate"] < 0.05
-    taste = dict(zip(FEATURES, fitted.coef, strict=True))
-    assert taste["semantic"] > 0 and taste["covisit"] > 0  # closer taste, likelier engagement
+    # The serving model is the best measured one, out of every candidate.
+    quality = meta["held_out_precision@100"]
+    assert set(quality) == {"logistic:all", "logistic:semantic", "logistic:sequential", "logistic:covisit",
+                            "logistic:taste", "lightgbm:all"}
+    assert meta["model"] == max(quality, key=quality.__getitem__) and fitted.kind == meta["model"].split(":")[0]
     x = np.random.default_rng(0).normal(size=(5, len(FEATURES))).astype(np.float32)
     assert np.array_equal(Calibrator.from_json(fitted.to_json()).p(x), fitted.p(x))  # stored losslessly
+
+
+def test_a_logistic_fit_learns_that_closer_taste_means_likelier_engagement(demo_db: Path) -> None:
+    engine = Engine(Settings(db_path=demo_db), rebuild=False)
+    try:
+        fitted = fit_calibration(engine.store, engine.settings, None, quiet=True, kinds=("logistic",))
+    finally:
+        engine.close()
+    assert fitted.kind == "logistic" and fitted.meta["model"].startswith("logistic:")
+    taste = dict(zip(FEATURES, fitted.coef, strict=True))
+    assert taste["semantic"] > 0  # every subset the fit can choose keeps the text feature or behaviour
+    if fitted.meta["model"] in ("logistic:all", "logistic:covisit", "logistic:taste"):
+        assert taste["covisit"] > 0
+
+
+def test_a_cold_fit_is_of_items_made_new_and_push_serves_it_for_untouched_items(demo_db: Path) -> None:
+    engine = Engine(Settings(db_path=demo_db), rebuild=False)
+    try:
+        warm = fit_calibration(engine.store, engine.settings, None, quiet=True, kinds=("logistic",))
+        cold = fit_calibration(engine.store, engine.settings, None, quiet=True, cold=True, kinds=("logistic",))
+    finally:
+        engine.close()
+    assert cold.meta["cold"] and not warm.meta["cold"] and cold.meta["held_out_auc"] > 0.7
+    assert cold.meta["behaviour_model"] is None  # the serving model knows the items made new
+    warm.cold = cold
+    stored = Calibrator.from_json(warm.to_json())
+    assert stored.cold is not None and stored.cold.coef == cold.coef
+    assert stored.for_item(cold=True) is stored.cold and stored.for_item(cold=False) is stored
 
 
 def test_a_per_user_fit_labels_each_users_own_later_events(demo_db: Path) -> None:
@@ -67,7 +99,13 @@ def test_the_cli_fit_is_stored_and_push_uses_it(demo_db: Path, tmp_path: Path) -
     push = PushService(engine, deliver=False)
     try:
         assert push.calibrator.fitted and push.stats()["calibration"]["fitted"]
-        assert push.calibrator.coef != DEFAULT.coef
+        assert push.calibrator.to_json() != DEFAULT.to_json()
+        assert push.calibrator.cold is not None and push.stats()["calibration"]["cold"]["cold"]
+        # An item nobody has touched is scored with the cold map, a known one with the warm.
+        engine.upsert_items([Item(item_id="brand-new", title="A brand new thing", text="new")])
+        fresh, known = engine.catalog.index["brand-new"], engine.catalog.index[engine.catalog.ids[0]]
+        assert push.targeter.calibrator_for(fresh) is push.calibrator.cold
+        assert push.targeter.calibrator_for(known) is push.calibrator
     finally:
         push.close()
         engine.close()
@@ -79,3 +117,22 @@ def test_the_cli_refuses_a_log_too_small_to_say_anything(tmp_path: Path) -> None
     result = subprocess.run([sys.executable, "-m", "kairos", "push", "calibrate", "--db", str(tmp_path / "tiny.db")],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and "calibration needs at least" in result.stdout
+
+
+def test_trees_rank_a_big_audience_through_the_linear_screen(demo_db: Path) -> None:
+    """Over more users than `keep`, the screen's likeliest get the trees' p and rank first."""
+    engine = Engine(Settings(db_path=demo_db), rebuild=False)
+    try:
+        trees = fit_calibration(engine.store, engine.settings, None, quiet=True, kinds=("lightgbm",))
+    finally:
+        engine.close()
+    assert trees.kind == "lightgbm" and trees.screen is not None and trees.screen.kind == "logistic"
+    x = np.random.default_rng(1).normal(size=(400, len(FEATURES))).astype(np.float32)
+    ranked = trees.ranked(x, keep=50)
+    shortlist = np.argsort(-trees.screen.p(x), kind="stable")[:50]
+    assert np.allclose(ranked[shortlist], trees.p(x[shortlist]))
+    rest = np.setdiff1d(np.arange(len(x)), shortlist)
+    assert ranked[rest].max() < ranked[shortlist].min()
+    assert np.array_equal(trees.ranked(x, keep=len(x)), trees.p(x))  # small audiences: trees for all
+    stored = Calibrator.from_json(trees.to_json())
+    assert np.array_equal(stored.ranked(x, keep=50), ranked)

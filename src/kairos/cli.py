@@ -525,6 +525,11 @@ def push_calibrate(
     except ValueError as error:
         engine.close()
         raise _fail(error) from None
+    try:  # the map for brand-new items: a log too small for it keeps the warm one for them
+        calibrator.cold = fit_calibration(engine.store, settings, registered, quiet=quiet, cold=True)
+    except ValueError as error:
+        if not quiet:
+            console.print(f"[yellow]no cold map[/] ({error}): new items use the same one")
     push_db = PushDatabase(engine.store_path(), settings.sqlite_synchronous)
     with push_db.transaction() as connection:
         PushDatabase.set_meta(connection, "calibration", calibrator.to_json())
@@ -532,9 +537,11 @@ def push_calibrate(
     engine.close()
     if not quiet:
         summary = describe(calibrator)
-        console.print(f"[green]calibrated[/] on {summary['items']} items, {summary['positives']} positives: "
-                      f"held-out AUC {summary['held_out_auc'] or float('nan'):.3f}, log loss "
-                      f"{summary['held_out_log_loss']:.4f}, base rate {summary['base_rate']:.5f}")
+        for name, part in (("calibrated", summary), ("cold map", summary.get("cold"))):
+            if part is not None:
+                console.print(f"[green]{name}[/] on {part['items']} items, {part['positives']} positives: "
+                              f"{part['model']}, held-out AUC {part['held_out_auc'] or float('nan'):.3f}, "
+                              f"log loss {part['held_out_log_loss']:.4f}, base rate {part['base_rate']:.5f}")
 
 
 @app.command("push-worker")

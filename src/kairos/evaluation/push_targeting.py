@@ -16,7 +16,8 @@ so that removing their events leaves most of the training data in place.
 `kairos` is what the push pipeline serves: its Targeter's features and a calibration
 fitted on the events before T alone (an inner cut of the same geometry, as `kairos push
 calibrate` fits it, with a behaviour model trained before the inner cut so that its
-feature is not better in the fit than it is here).
+feature is not better in the fit than it is here; in the cold variant, the fit's own
+items are made cold too, as the cold map `kairos push calibrate` serves for new items).
 """
 
 from __future__ import annotations
@@ -171,7 +172,7 @@ def push_targeting(data: EvalData, targeters: list[str], cut_fraction: float = 0
                     # The same geometry as this evaluation, inside the events before its cut.
                     calibrator = fit_calibration(engine.store, engine.settings, registered, quiet=quiet,
                                                  window_s=window_days * DAY, per_user=per_user,
-                                                 min_takers=min_users, retrain=sequential or {})
+                                                 min_takers=min_users, retrain=sequential or {}, cold=cold)
                 except ValueError as error:
                     result.notes.append(f"kairos: the hand-set prior calibration ({error})")
                 result.calibrator = {"fitted": calibrator.fitted, **{k: v for k, v in calibrator.meta.items()
@@ -194,7 +195,7 @@ def push_targeting(data: EvalData, targeters: list[str], cut_fraction: float = 0
                     ceiling.append(_metrics(np.sort(hit)[::-1], int(hit.sum())))
                     for name in targeters:
                         scores = _scores(name, x, eligible, affinity, engine.catalog.categories[item_key],
-                                         calibrator, rng)
+                                         targeter.calibrator_for(item_key), rng)
                         ranking = np.lexsort((rng.random(len(scores)), -scores))  # ties broken at random
                         rows[name].append(_metrics(hit[ranking], int(hit.sum())))
                         if name == "kairos":  # its scores are the served p
@@ -246,7 +247,7 @@ def _scores(name: str, x: np.ndarray, rows: np.ndarray, affinity: dict[str, np.n
         return np.where(x[:, 3] > 0, x[:, 2], -2.0) + 1e-3 * activity
     if name == "sequential":
         return x[:, 0] + 1e-3 * activity
-    return calibrator.p(x)  # kairos
+    return calibrator.ranked(x)  # kairos: the served p, as an audience is ranked by it
 
 
 def _metrics(hits_in_order: np.ndarray, relevant: int) -> dict[str, float]:

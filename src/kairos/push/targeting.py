@@ -5,7 +5,8 @@ semantic profile matrix times the item's text vector, the behaviour model's quer
 matrix times the item's key (plus its transition prior, minus each user's softmax
 normaliser: a log-probability), co-visitation as a gather over each user's latest
 visits. The calibrator turns the features into p. A brand-new item has no behaviour,
-yet its text vector and the behaviour model's text projection score it.
+yet its text vector and the behaviour model's text projection score it, and its p
+comes from the calibrator's cold map (fitted on items made new).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kairos.config import DAY
-from kairos.push.calibration import COVISIT_FLOOR, FEATURES, SEQ_FLOOR, Calibrator
+from kairos.push.calibration import COVISIT_FLOOR, FEATURES, SCREENED, SEQ_FLOOR, Calibrator
 from kairos.push.engine_view import EngineView
 from kairos.push.user_vectors import UserVectors
 
@@ -35,6 +36,10 @@ class Targeter:
         self.vectors = vectors
         self.calibrator = calibrator
 
+    def calibrator_for(self, key: int) -> Calibrator:
+        """The map for item `key`: the cold one while nobody has touched it."""
+        return self.calibrator.for_item(self.view.popularity(key) == 0.0)
+
     def features(self, key: int, rows: np.ndarray) -> np.ndarray:
         """(len(rows), len(FEATURES)) for item `key` and the users in vector rows `rows`."""
         view, vectors = self.view, self.vectors
@@ -51,7 +56,8 @@ class Targeter:
             x[:, 3] = has
         served = view.sequential()
         index = served.model_index(key) if served is not None else 0
-        if self.calibrator.fitted and self.calibrator.meta.get("behaviour_model") is None:
+        calibrator = self.calibrator_for(key)
+        if calibrator.fitted and calibrator.meta.get("behaviour_model") is None:
             index = 0  # fitted without a behaviour model: its feature would be out of the fit's range
         if served is not None and index > 0 and vectors.query is not None and vectors.recent is not None \
                 and vectors.model_version == served.version:
@@ -80,7 +86,7 @@ class Targeter:
         return x
 
     def p(self, key: int, rows: np.ndarray) -> np.ndarray:
-        return self.calibrator.p(self.features(key, rows))
+        return self.calibrator_for(key).p(self.features(key, rows))
 
     def audience(self, item_id: str, max_users: int, min_p: float = 0.0, min_similarity: float | None = None,
                  exclude: set[str] | None = None, exclude_touched: bool = True) -> list[Target]:
@@ -96,7 +102,7 @@ class Targeter:
         if not len(rows):
             return []
         features = self.features(key, rows)
-        p = self.calibrator.p(features)
+        p = self.calibrator_for(key).ranked(features, max(SCREENED, 2 * max_users))
         fits = p >= min_p
         if min_similarity is not None and self.view.semantic is not None:
             fits &= (features[:, 3] > 0) & (features[:, 2] >= min_similarity)
@@ -128,7 +134,7 @@ class Targeter:
         if (~known).any():
             x = np.zeros((1, len(FEATURES)), dtype=np.float32)
             x[0, 0], x[0, 4], x[0, 7] = SEQ_FLOOR, np.log(COVISIT_FLOOR), np.log1p(self.view.popularity(key))
-            p[~known] = self.calibrator.p(x)[0]
+            p[~known] = self.calibrator_for(key).p(x)[0]
         return [Target(u, float(v)) for u, v in zip(user_ids, p.tolist(), strict=True)]
 
     def score_items(self, user_id: str, item_ids: list[str]) -> list[float]:
