@@ -181,9 +181,15 @@ def test_push_policy_replay_keeps_every_rule_that_no_policy_breaks() -> None:
         for visit in range(48):
             events.append(EventRecord(f"u{u}", f"{kind}{(visit + u) % 8}", "click", 7200.0 * visit + 60.0 * u))
     events.sort(key=lambda e: e.timestamp)
-    result = push_replay(EvalData("sessions", items, events), ["kairos", "no-policy"], cut_fraction=0.5, quiet=True)
+    result = push_replay(EvalData("sessions", items, events), ["kairos", "popular", "no-policy"], cut_fraction=0.5,
+                         quiet=True)
     served, unruly = result.strategies["kairos"], result.strategies["no-policy"]
     assert served["sends"] > 0
     assert served["cap_violations"] == served["quiet_hour_violations"] == 0
     assert unruly["cap_violations"] > 0 and unruly["quiet_hour_violations"] > 0
     assert served["sends_per_user_per_day"] <= 3 < unruly["sends_per_user_per_day"]
+    # At popular's volume: kairos's sends of highest p, as many as popular's, still within every rule.
+    matched, popular = result.strategies["kairos@popular-volume"], result.strategies["popular"]
+    assert matched["sends"] == min(popular["sends"], served["sends"]) == result.matched["sends"]
+    assert matched["cap_violations"] == matched["quiet_hour_violations"] == 0
+    assert result.matched["min_p"] > 0 and set(result.matched) >= {"precision", "popular_precision", "ratio"}

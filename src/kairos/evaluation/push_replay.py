@@ -17,6 +17,11 @@ user's daily cap and those inside their quiet hours: both must be 0.
 Strategies: `kairos` (the served list and p, with the policy); `popular` (the most
 popular item the user has not seen, same trigger and policy); `no-policy` (the top
 recommendation at every timer, no rule applied).
+
+At the same number of sends: p says whether to notify at all, so `kairos` is also
+reported with only its sends of highest p, as many as `popular` made (the threshold
+`min_p` that gives that volume; a subset of a schedule the policy allowed is one it
+allows), with a paired bootstrap over users of the precision ratio.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ class Send:
     user_id: str
     item_id: str
     at: float
+    p: float = 0.0  # the served p (0 where the strategy has none)
     taken_at: float | None = None  # when the user took the item, within HIT_WINDOW_S of the send
 
     @property
@@ -64,12 +70,13 @@ class PolicyReplayResult:
     users: int
     days: float
     strategies: dict[str, dict[str, Any]] = field(default_factory=dict)
+    matched: dict[str, Any] = field(default_factory=dict)  # kairos at popular's volume vs popular
     sequential: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"protocol": "push-replay", "dataset": self.dataset, "cut": self.cut, "events": self.events,
-                "users": self.users, "days": self.days, "strategies": self.strategies,
+                "users": self.users, "days": self.days, "strategies": self.strategies, "matched": self.matched,
                 "sequential_model": self.sequential, "notes": self.notes}
 
 
@@ -91,6 +98,7 @@ def push_replay(data: EvalData, strategies: list[str], cut_fraction: float = 0.8
         result.notes.append("synthetic timestamps (one day apart per user): send times and quiet hours are "
                             "simulated on them")
     engaged = _engaged_days(stream, zones)
+    sent: dict[str, list[Send]] = {}
     for name in strategies:
         with tempfile.TemporaryDirectory(prefix="kairos-push-replay-") as scratch:
             engine, _ = _engine_at_cut(data, cut, scratch, decay=True)
@@ -98,12 +106,42 @@ def push_replay(data: EvalData, strategies: list[str], cut_fraction: float = 0.8
                 if uses_sequential(["kairos"], engine.settings):
                     key = ("push-replay", data.name, data.fingerprint(), str(cut_fraction))
                     result.sequential = training_report(train_sequential_for(engine, key, sequential, quiet))
-                sends = _run(engine, name, stream, zones, quiet)
+                sends = sent[name] = _run(engine, name, stream, zones, quiet)
             finally:
                 engine.close()
         result.strategies[name] = _report(sends, _preferences(engine.settings, zones), zones, len(users), days,
                                           engaged)
+    if "kairos" in sent and "popular" in sent and sent["popular"]:
+        volume = len(sent["popular"])
+        top = sorted(sent["kairos"], key=lambda s: -s.p)[:volume]
+        result.strategies["kairos@popular-volume"] = _report(top, _preferences(engine.settings, zones), zones,
+                                                              len(users), days, engaged)
+        result.matched = {"sends": len(top), "min_p": top[-1].p if top else None,
+                          **_paired_precision(top, sent["popular"], users, rng)}
     return result
+
+
+def _paired_precision(ours: list[Send], theirs: list[Send], users: list[str], rng: np.random.Generator,
+                      draws: int = 1000) -> dict[str, float]:
+    """precision(ours) / precision(theirs), with a 95% interval from resampling users."""
+    index = {u: i for i, u in enumerate(users)}
+
+    def per_user(sends: list[Send]) -> tuple[np.ndarray, np.ndarray]:
+        n, hits = np.zeros(len(users)), np.zeros(len(users))
+        for send in sends:
+            n[index[send.user_id]] += 1
+            hits[index[send.user_id]] += send.hit
+        return n, hits
+
+    (n_a, h_a), (n_b, h_b) = per_user(ours), per_user(theirs)
+    sample = rng.integers(0, len(users), size=(draws, len(users)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = (h_a[sample].sum(1) / n_a[sample].sum(1)) / (h_b[sample].sum(1) / n_b[sample].sum(1))
+    ratio = ratio[np.isfinite(ratio)]
+    ours_p, theirs_p = h_a.sum() / max(1, n_a.sum()), h_b.sum() / max(1, n_b.sum())
+    low, high = np.percentile(ratio, [2.5, 97.5]) if len(ratio) else (float("nan"), float("nan"))
+    return {"precision": float(ours_p), "popular_precision": float(theirs_p),
+            "ratio": float(ours_p / theirs_p) if theirs_p else float("inf"), "low": float(low), "high": float(high)}
 
 
 def _run(engine: Engine, strategy: str, stream: list[EventRecord], zones: dict[str, str],
@@ -152,6 +190,7 @@ def _run(engine: Engine, strategy: str, stream: list[EventRecord], zones: dict[s
             if not recommended:
                 return
             item_id = recommended[0].item_id
+        p = 0.0
         if strategy == "no-policy":
             at = due
         else:
@@ -163,7 +202,7 @@ def _run(engine: Engine, strategy: str, stream: list[EventRecord], zones: dict[s
                 return
             at = decision.due_at
             history[user_id].append(Past(at, "next_best", item_id, "delivered", delivered_at=at))
-        send = Send(user_id, item_id, at)
+        send = Send(user_id, item_id, at, p)
         sends.append(send)
         open_sends[(user_id, item_id)].append(send)
 

@@ -86,8 +86,11 @@ def _rows(result: AnyResult) -> tuple[str, list[str], list[list[str]]]:
     if isinstance(result, PolicyReplayResult):
         keys = ["sends", "hits", "precision", "sends_per_user_per_day", "recall_of_engaged_days",
                 "cap_violations", "quiet_hour_violations"]
+        matched = result.matched
+        versus = (f"; precision at popular's volume {matched['ratio']:.2f}x popular [{matched['low']:.2f}, "
+                  f"{matched['high']:.2f}]" if matched else "")
         return (f"{result.dataset}: push policy replay of {result.events:,} events, {result.users:,} users, "
-                f"{result.days:g} days", ["strategy", *keys],
+                f"{result.days:g} days{versus}", ["strategy", *keys],
                 [[name, *(f"{m[k]:.4f}" if isinstance(m[k], float) else f"{m[k]:,}" for k in keys)]
                  for name, m in result.strategies.items()])
     return _targeting_rows(result)
