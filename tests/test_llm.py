@@ -68,8 +68,6 @@ def test_reranking_touches_only_the_head_and_generation_only_names_allowed_items
     reranked = llm.rerank(HISTORY, served)
     assert sorted(reranked[:5]) == [0, 1, 2, 3, 4] and reranked[5:] == served[5:]
     assert llm.generate(HISTORY, 3, exclude={0, 1}) == [2, 3, 4]
-    fused = LlmRecommender.fuse([5, 6, 7], [7, 9], weight=1.0, n=4)
-    assert fused[0] == 7 and set(fused) == {5, 6, 7, 9}
 
 
 def test_the_trie_ends_each_title_with_the_end_token() -> None:

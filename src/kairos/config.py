@@ -171,6 +171,10 @@ class Settings(BaseSettings):
     llm_candidates: int = Field(default=20, ge=2, le=26, description="Fused candidates the model re-ranks.")
     llm_blend: float = Field(default=0.0, ge=0, description="Weight of the retrieval order (log reciprocal "
                              "rank) added to the model's letter log-probabilities.")
+    llm_weight: float = Field(default=1.0, gt=0, description="Fusion weight of the `llm` source (generate mode) "
+                              "when KAIROS_SOURCE_WEIGHTS does not name it.")
+    llm_queue: int = Field(default=10_000, ge=1, description="Users waiting for the model at most (the oldest "
+                           "is dropped; their next event queues them again).")
 
     # Push (kairos.push): triggers -> targeting -> policy -> outbox -> channels. See docs/push.md.
     push_enabled: bool = Field(default=True, description="Run push: triggers, the outbox and its delivery.")

@@ -24,6 +24,7 @@ import numpy as np
 from kairos.clock import Clock, WallClock
 from kairos.config import Settings
 from kairos.listeners import Listeners
+from kairos.ranking.rules import ListRule
 from kairos.ranking import Fused, reciprocal_rank_fusion
 from kairos.schema import Event, Item, ItemFields, Recommendations, RecommendedItem, SequenceEntry
 from kairos.schema import SearchResults, SimilarItems, User, UserView
@@ -105,6 +106,7 @@ class Engine:
         self.semantic: SemanticState | None = None
         self.registered: RegisteredModel | None = None  # the behaviour model served, as trained
         self.listeners = Listeners()  # told after each durable write (push, live streams)
+        self.list_rules: list[ListRule] = []  # re-order the fused list (the language model's re-ranking)
         self._reset_state()
         self.rebuild_seconds = 0.0
         if rebuild:
@@ -364,9 +366,11 @@ class Engine:
         exclude_seen: bool = True,
         request_id: str | None = None,
         diversity: float = 0.0,
+        apply_rules: bool = True,
     ) -> Recommendations:
         """The served path: context, every weighted source, fusion, optional MMR
-        diversification on text embeddings, and a reason for each item."""
+        diversification on text embeddings, the list rules (`apply_rules`), and a reason
+        for each item."""
         with self._lock:
             ctx = self.user_context(user_id, category, exclude_seen)
             weights = self.settings.source_weights
@@ -377,6 +381,9 @@ class Engine:
             else:
                 chosen = fused.top(n)
             chosen = self._cold_start_slots(chosen, fused, n)
+            if apply_rules:
+                for rule in self.list_rules:
+                    chosen = rule.apply(ctx, chosen, fused, n)
             items = [
                 RecommendedItem(item_id=self.catalog.ids[item], score=score, sources=sources,
                                 title=self.catalog.titles[item], reason=self._reason(ctx, item, sources))
@@ -430,7 +437,7 @@ class Engine:
 
     def _reason(self, ctx: UserContext, item: int, sources: list[str]) -> str:
         for name in sources:
-            explain = getattr(self.sources[name], "explain", None)
+            explain = getattr(self.sources.get(name), "explain", None)
             reason = explain(ctx, item) if explain else None
             if reason:
                 return reason

@@ -118,6 +118,13 @@ def create_app(engine: Engine, manage_models: bool = True, push: bool | None = N
     if engine.settings.push_enabled if push is None else push:
         push_service = PushService(engine, metrics=PushMetrics(metrics.registry))
         metrics.registry.register(OutboxCollector(push_service.outbox))
+    llm_service = None
+    if engine.settings.llm != "off":
+        from kairos.llm.service import LlmService
+
+        # A list that lands re-sends the user's live stream (if push runs it).
+        llm_service = LlmService(engine, on_ready=(lambda user: push_service.hub.poke("lists", [user]))
+                                 if push_service is not None else None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -126,9 +133,13 @@ def create_app(engine: Engine, manage_models: bool = True, push: bool | None = N
         if push_service is not None:
             push_service.hub.bind(asyncio.get_running_loop())
             push_service.start()
+        if llm_service is not None:
+            llm_service.start()  # loads the model in its own thread: the port opens at once
         try:
             yield
         finally:
+            if llm_service is not None:
+                llm_service.stop()
             manager.stop()
             if push_service is not None:
                 push_service.stop()
@@ -143,6 +154,7 @@ def create_app(engine: Engine, manage_models: bool = True, push: bool | None = N
     app.state.engine = engine
     app.state.models = manager
     app.state.push = push_service
+    app.state.llm = llm_service
     app.state.metrics = metrics
     install_error_handlers(app)
     app.add_middleware(FormBodyAsJson)
@@ -247,8 +259,10 @@ def create_app(engine: Engine, manage_models: bool = True, push: bool | None = N
     @app.get("/v1/models", tags=["models"])
     def get_models() -> dict[str, Any]:
         """The model serving now (`model_version` as in every response), the background
-        training job if any (state, latest epoch, log tail), and the registry's versions."""
-        return manager.status()
+        training job if any (state, latest epoch, log tail), the registry's versions, and
+        the language model (backend, state, queue depth, event -> list latency)."""
+        return {**manager.status(), "language_model": llm_service.status() if llm_service is not None
+                else {"backend": "off"}}
 
     @app.post("/v1/models/train", tags=["models"], status_code=202)
     def train_model(request: TrainRequest | None = None) -> Any:

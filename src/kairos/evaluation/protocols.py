@@ -42,8 +42,6 @@ SERVED_DEPTH = 20  # the `kairos` model is scored on its served list this deep (
 # The served list with the generative model in the loop (kairos.llm), each compared with
 # `kairos` by a paired bootstrap of NDCG@10, overall and for users with short histories.
 LLM_MODELS = ("kairos+llm-rerank", "kairos+llm-generate")
-LLM_GENERATED = 10  # titles the model writes per user (generate mode)
-LLM_WEIGHT = 1.0  # its list's weight against the served one's in reciprocal-rank fusion
 SHORT_HISTORY = 5  # events: "cold users" in the split by history length
 
 
@@ -136,13 +134,13 @@ class LooResult:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "paired": self.paired, "llm": self.llm,
             "protocol": "coldstart" if self.cold_items else "loo", "cold_items": self.cold_items,
             "dataset": self.dataset, "split": self.split,
             "mask_history": self.mask_history, "users": self.users, "items": self.items,
             "train_events": self.train_events, "sequential_model": self.sequential,
             "models": {name: {"metrics": r.metrics, "beyond_accuracy": r.beyond, "latency_ms": r.latency_ms}
                        for name, r in self.models.items()},
+            "paired": self.paired, "llm": self.llm,
         }
 
 
@@ -215,8 +213,9 @@ def leave_one_out(
                            sequential=training_report(registered))
         llm = _llm_for(engine, models, result)
         ndcg: dict[str, np.ndarray] = {}
-        history = np.array([len(engine.state.users[u].recent) if u in engine.state.users else 0 for u in users])
+        history = np.array([engine.state.users[u].event_count if u in engine.state.users else 0 for u in users])
         for name in models:
+            service = _llm_service(engine, llm, name) if name in LLM_MODELS and llm is not None else None
             weights = model_weights(name, settings)
             rng = np.random.default_rng(seed)
             rows, lists, latencies = [], [], []
@@ -243,13 +242,13 @@ def leave_one_out(
                     greater, tied = target_rank(scores, target, candidates)
                     top = top_k(scores + 1.0, 10).items.tolist()  # +1: zero scores still rank
                     if name == "kairos" or name in LLM_MODELS:
-                        # The served list (with its list-level rules, e.g. cold-start slots)
-                        # decides the top places; the fused scores rank the rest.
+                        # The served list (with its list-level rules, e.g. cold-start slots,
+                        # the model's order or its source) decides the top places; the fused
+                        # scores rank the rest.
+                        if service is not None:
+                            service.refresh(user)
                         served = [engine.catalog.index[i.item_id] for i in
                                   engine.recommend(user, SERVED_DEPTH, exclude_seen=mask_history).items]
-                        if name in LLM_MODELS and llm is not None:
-                            served = _with_llm(engine, llm, name, user, served, ctx.allowed if mask_history
-                                               else None)
                         greater, tied = ((served.index(target), 0) if target in served
                                          else (max(greater, SERVED_DEPTH), tied))
                         top = served[:10]
@@ -257,6 +256,8 @@ def leave_one_out(
                     rows.append(rank_metrics(greater, tied))
                     lists.append(top)
                     advance(1)
+            if service is not None:
+                service.detach()
             ndcg[name] = np.array([r["NDCG@10"] for r in rows])
             result.models[name] = ModelResult(
                 metrics=mean_metrics(rows),
@@ -293,34 +294,32 @@ def paired_difference(ours: np.ndarray, theirs: np.ndarray, seed: int = 0, draws
 
 
 def _llm_for(engine: Engine, models: list[str], result: LooResult) -> Any:
-    """The LlmRecommender the kairos+llm models use (local unless KAIROS_LLM says openai)."""
+    """The language model the kairos+llm models share (local unless KAIROS_LLM says
+    openai), loaded once; None when no such model is asked for."""
     if not set(LLM_MODELS) & set(models):
         return None
     from kairos.llm.factory import load_model
-    from kairos.llm.lists import LlmRecommender
+    from kairos.llm.service import GENERATED
 
     settings = engine.settings
     started = time.perf_counter()
     model = load_model(settings.model_copy(update={"llm": settings.llm if settings.llm != "off" else "local"}))
     result.llm = {"model": model.name, "load_s": round(time.perf_counter() - started, 1),
                   "candidates": settings.llm_candidates, "blend": settings.llm_blend,
-                  "generated": LLM_GENERATED, "weight": LLM_WEIGHT}
-    return LlmRecommender(model, engine.catalog.titles, settings.llm_candidates, settings.llm_blend)
+                  "generated": GENERATED, "weight": settings.llm_weight}
+    return model
 
 
-def _with_llm(engine: Engine, llm: Any, name: str, user: str, served: list[int], allowed: np.ndarray | None
-              ) -> list[int]:
-    from kairos.llm.prompt import Step
+def _llm_service(engine: Engine, model: Any, name: str) -> Any:
+    """The serving path's LlmService in the model's mode, joined to this engine: each
+    user's list is computed synchronously (`refresh`) and then served by `recommend`
+    exactly as a request would get it."""
+    from kairos.llm.service import LlmService
 
-    now = engine.clock.now()
-    state = engine.state.users.get(user)
-    steps = [Step(engine.catalog.titles[s.item] or engine.catalog.ids[s.item], s.type, max(0.0, now - s.timestamp))
-             for s in (state.recent if state is not None else [])]
-    if name == "kairos+llm-rerank":
-        return llm.rerank(steps, served)
-    exclude = set(np.flatnonzero(~allowed).tolist()) if allowed is not None else set()
-    generated = llm.generate(steps, LLM_GENERATED, exclude)
-    return llm.fuse(served, generated, LLM_WEIGHT, SERVED_DEPTH)
+    service = LlmService(engine, model=model, mode="rerank" if name == "kairos+llm-rerank" else "generate")
+    service.attach()
+    engine.listeners.remove(service)  # the evaluation asks for each list itself
+    return service
 
 
 def _items_as_models(data: EvalData) -> list[Any]:

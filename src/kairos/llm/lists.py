@@ -2,8 +2,8 @@
 (titles by catalogue index, the user's steps): the engine and the evaluation share it.
 
 rerank    the fused top candidates, re-ordered by the model (rerank.py)
-generate  titles the model writes (titles.py keeps them real), mapped back to items,
-          fused with the served list by reciprocal rank (weight `weight`)
+generate  titles the model writes (titles.py keeps them real), mapped back to items
+          (service.py serves them as the `llm` source in fusion)
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from kairos.llm.prompt import Step, generate_prompt
 from kairos.llm.rerank import rerank
 from kairos.llm.titles import TitleTrie
 
-RRF_K = 60.0
 
 
 class LlmRecommender:
@@ -53,13 +52,3 @@ class LlmRecommender:
             if index is not None and index not in exclude and index not in out:
                 out.append(index)
         return out[:n]
-
-    @staticmethod
-    def fuse(served: Sequence[int], generated: Sequence[int], weight: float, n: int) -> list[int]:
-        """Reciprocal-rank fusion of the served list (weight 1) and the model's."""
-        score: dict[int, float] = {}
-        for rank, item in enumerate(served):
-            score[item] = score.get(item, 0.0) + 1.0 / (RRF_K + rank + 1)
-        for rank, item in enumerate(generated):
-            score[item] = score.get(item, 0.0) + weight / (RRF_K + rank + 1)
-        return sorted(score, key=lambda i: -score[i])[:n]

@@ -252,7 +252,7 @@ def fit_calibration(store: Any, settings: Settings, registered: Any = None, *, h
 
             xs, ys, ws, groups = [], [], [], []
             with progress("calibration: scoring items", len(chosen), quiet=quiet) as advance:
-                for g, item_id in enumerate(chosen):
+                for item_id in chosen:
                     key, eligible, label = audience(item_id)
                     positives, negative_rows = eligible[label], eligible[~label]
                     sampled = (rng.choice(negative_rows, min(negatives, len(negative_rows)), replace=False)

@@ -1,0 +1,153 @@
+"""The model on the serving path: lists computed off the request path, served only while
+fresh for the user's latest event, a request never waiting, and no model meaning no change."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kairos.clock import SimulatedClock
+from kairos.config import Settings
+from kairos.engine import Engine
+from kairos.llm.backend import Messages, ModelUnavailable
+from kairos.llm.service import LlmService
+from kairos.llm.titles import TitleTrie
+from kairos.schema import Item
+from kairos.store import EventRecord
+
+TITLES = [f"Film {i}" for i in range(12)]
+
+
+class Favourite:
+    """Ranks the candidate titled 'Film 11' first wherever it is, and writes 'Film 7'
+    then 'Film 3'; `gate` (when set) holds every call until released."""
+
+    name = "fake:favourite"
+
+    def __init__(self) -> None:
+        self.gate: threading.Event | None = None
+        self.calls = 0
+
+    def _wait(self) -> None:
+        self.calls += 1
+        if self.gate is not None:
+            assert self.gate.wait(30)
+
+    def letter_logprobs(self, prompts: Sequence[Messages], letters: Sequence[str]) -> np.ndarray:
+        self._wait()
+        rows = []
+        for messages in prompts:
+            lines = [x for x in messages[-1]["content"].splitlines() if x[:2] in {f"{c}." for c in letters}]
+            raw = np.array([5.0 if x.endswith("Film 11") else 0.0 for x in lines])
+            rows.append(raw - np.logaddexp.reduce(raw))
+        return np.array(rows)
+
+    def generate_titles(self, prompt: Messages, trie: TitleTrie, n: int) -> list[str]:
+        self._wait()
+        return [t for t in ("Film 7", "Film 3") if t in trie.all][:n]
+
+
+@pytest.fixture()
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    settings = Settings(db_path=tmp_path / "llm.db", semantic_enabled=False, sqlite_synchronous="NORMAL",
+                        source_weights={"covisit": 1.0, "popular": 0.3})
+    engine = Engine(settings, clock=SimulatedClock(1_000_000.0))
+    engine.upsert_items([Item(item_id=f"m{i}", title=t) for i, t in enumerate(TITLES)])
+    # Film 11 is the least popular: without the model it is never first.
+    engine.ingest_records([EventRecord(f"other{u}", f"m{i}", "click", 999_000.0 + u)
+                           for u in range(5) for i in range(11)])
+    engine.ingest_records([EventRecord("fan", "m11", "click", 999_500.0)])
+    yield engine
+    engine.close()
+
+
+def wait_until(check, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_rerank_serves_the_models_order_only_while_fresh_for_the_latest_event(engine: Engine) -> None:
+    model = Favourite()
+    ready: list[str] = []
+    service = LlmService(engine, on_ready=ready.append, model=model, mode="rerank")
+    service.start()
+    try:
+        before = engine.recommend("u1", 5)
+        assert before.items[0].item_id != "m11" and "llm" not in before.items[0].sources
+        engine.ingest_records([EventRecord("u1", "m0", "click", 1_000_000.0)])
+        wait_until(lambda: "u1" in ready)
+        served = engine.recommend("u1", 5)
+        assert served.items[0].item_id == "m11" and served.items[0].sources[-1] == "llm"
+        assert served.items[0].reason  # still a reason from the strongest real source
+        # A newer event: the cached list is stale until the model has read that event too.
+        model.gate = threading.Event()
+        engine.ingest_records([EventRecord("u1", "m1", "click", 1_000_001.0)])
+        stale = engine.recommend("u1", 5)
+        assert "llm" not in {s for item in stale.items for s in item.sources}
+        model.gate.set()
+        wait_until(lambda: ready.count("u1") == 2)
+        assert engine.recommend("u1", 5).items[0].item_id == "m11"
+        status = service.status()
+        assert status["state"] == "ready" and status["computed"] >= 2 and status["event_to_list_ms"]["p50"] > 0
+    finally:
+        if model.gate is not None:
+            model.gate.set()
+        service.stop()
+    assert engine.list_rules == [] and "llm" not in engine.sources  # stopping leaves the engine as it was
+
+
+def test_a_request_never_waits_for_a_slow_model(engine: Engine) -> None:
+    model = Favourite()
+    model.gate = threading.Event()  # the model hangs
+    service = LlmService(engine, model=model, mode="rerank")
+    service.start()
+    try:
+        engine.ingest_records([EventRecord("u2", "m0", "click", 1_000_000.0)])
+        wait_until(lambda: model.calls >= 1)  # the worker is inside the model now
+        started = time.perf_counter()
+        served = engine.recommend("u2", 5)
+        assert time.perf_counter() - started < 1.0 and len(served.items) == 5
+        assert service.status()["queue"] == 0 and service.worker.busy
+        engine.ingest_records([EventRecord("u3", "m0", "click", 1_000_000.0)] * 3)
+        assert service.status()["queue"] == 1  # a burst is one run
+    finally:
+        model.gate.set()
+        service.stop()
+
+
+def test_generate_mode_adds_the_models_items_as_the_llm_source(engine: Engine) -> None:
+    service = LlmService(engine, model=Favourite(), mode="generate")
+    service.attach()
+    try:
+        assert engine.settings.source_weights["llm"] == engine.settings.llm_weight
+        engine.ingest_records([EventRecord("u4", "m7", "click", 1_000_000.0)])  # m7 is seen: not served again
+        service.refresh("u4")
+        served = engine.recommend("u4", 12)
+        placed = [item for item in served.items if "llm" in item.sources]
+        assert [item.item_id for item in placed] == ["m3"]
+        assert "language model" in placed[0].reason or placed[0].sources[0] != "llm"
+    finally:
+        service.detach()
+    assert "llm" not in engine.settings.source_weights
+
+
+def test_without_a_model_the_service_stays_out_of_the_way(engine: Engine) -> None:
+    engine.settings.llm = "openai"  # configured but not reachable
+    engine.settings.llm_base_url, engine.settings.llm_model = "http://127.0.0.1:9/v1", "none"
+    engine.settings.llm_timeout_s = 1.0
+    service = LlmService(engine, mode="rerank")
+    try:
+        with pytest.raises(ModelUnavailable):
+            service.refresh("fan")
+        plain = [i.item_id for i in engine.recommend("fan", 5, apply_rules=False).items]
+        service.attach()
+        assert [i.item_id for i in engine.recommend("fan", 5).items] == plain
+    finally:
+        service.detach()
