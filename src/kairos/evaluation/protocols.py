@@ -41,7 +41,7 @@ BASELINES = ("random", "popular", "covisit")
 SERVED_DEPTH = 20  # the `kairos` model is scored on its served list this deep (HR@20)
 # The served list with the generative model in the loop (kairos.llm), each compared with
 # `kairos` by a paired bootstrap of NDCG@10, overall and for users with short histories.
-LLM_MODELS = ("kairos+llm-rerank", "kairos+llm-generate")
+LLM_MODELS = ("kairos+llm-rerank", "kairos+llm-generate", "kairos+llm-rerank-tuned")
 SHORT_HISTORY = 5  # events: "cold users" in the split by history length
 
 
@@ -215,7 +215,7 @@ def leave_one_out(
         ndcg: dict[str, np.ndarray] = {}
         history = np.array([engine.state.users[u].event_count if u in engine.state.users else 0 for u in users])
         for name in models:
-            service = _llm_service(engine, llm, name) if name in LLM_MODELS and llm is not None else None
+            service = _llm_service(engine, llm, name, result) if name in LLM_MODELS and llm is not None else None
             weights = model_weights(name, settings)
             rng = np.random.default_rng(seed)
             rows, lists, latencies = [], [], []
@@ -310,13 +310,21 @@ def _llm_for(engine: Engine, models: list[str], result: LooResult) -> Any:
     return model
 
 
-def _llm_service(engine: Engine, model: Any, name: str) -> Any:
+def _llm_service(engine: Engine, model: Any, name: str, result: LooResult) -> Any:
     """The serving path's LlmService in the model's mode, joined to this engine: each
     user's list is computed synchronously (`refresh`) and then served by `recommend`
-    exactly as a request would get it."""
+    exactly as a request would get it. `-tuned`: a copy of the model fine-tuned first on
+    the training events (`kairos train --model llm`'s examples and loss)."""
     from kairos.llm.service import LlmService
 
-    service = LlmService(engine, model=model, mode="rerank" if name == "kairos+llm-rerank" else "generate")
+    if name == "kairos+llm-rerank-tuned":
+        from kairos.llm.finetune import FinetuneConfig, examples_from, finetune
+        from kairos.llm.local import LocalModel
+
+        model = LocalModel(getattr(model, "path", None), threads=engine.settings.llm_threads)
+        config = FinetuneConfig(candidates=engine.settings.llm_candidates)
+        _, result.llm["finetune"] = finetune(model, examples_from(engine, config), config)
+    service = LlmService(engine, model=model, mode="generate" if name == "kairos+llm-generate" else "rerank")
     service.attach()
     engine.listeners.remove(service)  # the evaluation asks for each list itself
     return service

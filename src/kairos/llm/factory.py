@@ -15,6 +15,10 @@ def load_model(settings: Settings) -> LanguageModel | None:
 
         return OpenAICompatibleModel(settings.llm_base_url, settings.llm_model, settings.llm_api_key,
                                      settings.llm_timeout_s)
+    from kairos.llm.adapters import AdapterRegistry
     from kairos.llm.local import LocalModel
+    from kairos.training.pipeline import model_dir
 
-    return LocalModel(settings.llm_path, settings.llm_threads)
+    adapter = (AdapterRegistry(model_dir(settings) / "llm").current()
+               if settings.llm_finetuned and settings.llm_path is None else None)
+    return LocalModel(settings.llm_path, settings.llm_threads, adapter=adapter)
