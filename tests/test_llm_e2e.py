@@ -50,3 +50,15 @@ def test_the_served_list_carries_the_models_order_once_it_lands(server_factory: 
                     body = json.loads(line[5:])
                     break
         assert [i["item_id"] for i in body["items"]] == [i["item_id"] for i in served["items"]]
+        # Explanations: asking never waits; the model's sentences arrive for later requests,
+        # each one grounded or refused (then the template reason stays).
+        started = time.monotonic()
+        first = client.get("/v1/recommendations/u0", params={"n": 3, "explain": "true"}).json()
+        assert time.monotonic() - started < 2.0 and all(item["reason"] is not None for item in first["items"])
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            words = client.get("/v1/models").json()["language_model"]["explanations"]
+            if words["grounded"] + words["rejected"] >= 3:
+                break
+            time.sleep(0.5)
+        assert words["grounded"] + words["rejected"] >= 3, words

@@ -151,3 +151,43 @@ def test_without_a_model_the_service_stays_out_of_the_way(engine: Engine) -> Non
         assert [i.item_id for i in engine.recommend("fan", 5).items] == plain
     finally:
         service.detach()
+
+
+def test_grounding_keeps_only_sentences_that_name_real_history_or_the_item() -> None:
+    from kairos.llm.words import first_sentence, grounded
+
+    catalogue = ["Heat", "Casino", "Toy Story", "Aladdin", "Up"]
+    allowed = ["Casino", "Heat"]  # the item, and the user's history
+    assert grounded("Since you watched Heat, Casino's crime story should grip you.", allowed, catalogue)
+    assert not grounded("Fans of Toy Story love Casino.", allowed, catalogue)  # not in their history
+    assert not grounded("You loved 'The Godfather', so try Casino.", allowed, catalogue)  # invented
+    assert grounded("It looks up your street.", allowed, catalogue)  # 'up' is shorter than a mention
+    assert not grounded("", allowed, catalogue)
+    assert first_sentence("  Great pick. More text here.") == "Great pick."
+
+
+class Writer(Favourite):
+    """Writes a grounded sentence for Film 3 and an invented one for anything else."""
+
+    def write(self, prompt: Messages, max_tokens: int) -> str:
+        self._wait()
+        text = prompt[-1]["content"]
+        if '"Film 3"' in text:
+            return "Because you clicked Film 0, Film 3 is next. And more."
+        return "You will love 'Film 99: the sequel'."
+
+
+def test_explanations_are_written_off_the_request_path_and_fall_back_to_templates(engine: Engine) -> None:
+    service = LlmService(engine, model=Writer(), mode="rerank")
+    service.state = "ready"
+    service.explainer.start()
+    try:
+        engine.ingest_records([EventRecord("u5", "m0", "click", 1_000_000.0)])
+        assert service.explanations("u5", ["m3", "m4"]) == {}  # nothing written yet: templates stand
+        wait_until(lambda: service.grounded + service.rejected == 2)
+        assert service.explanations("u5", ["m3", "m4"]) == {"m3": "Because you clicked Film 0, Film 3 is next."}
+        assert service.rejected == 1  # the invented title was refused
+        engine.ingest_records([EventRecord("u5", "m1", "click", 1_000_001.0)])
+        assert service.explanations("u5", ["m3"]) == {}  # written for an older event: not shown
+    finally:
+        service.explainer.stop()

@@ -236,11 +236,19 @@ def create_app(engine: Engine, manage_models: bool = True, push: bool | None = N
         diversity: Annotated[float, Query(
             ge=0, le=1, description="0: by relevance; towards 1: maximal-marginal-relevance re-ranking "
                                     "on text embeddings")] = 0.0,
+        explain: Annotated[bool, Query(description="Reasons written by the language model where it has "
+                                                   "written a grounded one already (never waited for); "
+                                                   "the template reason otherwise.")] = False,
     ) -> Recommendations:
-        return engine.recommend(
+        result = engine.recommend(
             user_id, n, category=category, exclude_seen=exclude_seen,
             request_id=request.state.request_id, diversity=diversity,
         )
+        if explain and llm_service is not None:
+            written = llm_service.explanations(user_id, [item.item_id for item in result.items])
+            for item in result.items:
+                item.reason = written.get(item.item_id, item.reason)
+        return result
 
     @app.get("/v1/search", response_model=SearchResults, tags=["recommend"])
     def search(

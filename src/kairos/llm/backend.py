@@ -27,6 +27,10 @@ class LanguageModel(Protocol):
         first; every one is in `trie`."""
         ...
 
+    def write(self, prompt: Messages, max_tokens: int) -> str:
+        """The model's free answer (greedy), at most `max_tokens` tokens."""
+        ...
+
 
 class ModelUnavailable(RuntimeError):
     """The configured model cannot be loaded or reached (the caller falls back)."""

@@ -123,6 +123,15 @@ class LocalModel:
             chosen = torch.log_softmax(logits[:, ids].float(), dim=-1)
         return chosen.numpy()
 
+    def write(self, prompt: Messages, max_tokens: int) -> str:
+        import torch
+
+        batch = self.tokenizer([self.chat_text(prompt)], return_tensors="pt", add_special_tokens=False)
+        with self._lock, torch_threads(self.threads), torch.inference_mode():
+            out = self.model.generate(**batch, max_new_tokens=max_tokens, do_sample=False,
+                                      pad_token_id=self.tokenizer.pad_token_id)
+        return self.tokenizer.decode(out[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+
     def generate_titles(self, prompt: Messages, trie: TitleTrie, n: int) -> list[str]:
         """Beam search over the trie (width 2n, length-normalised scores), from one
         forward pass of the prompt and the key-value cache after it."""

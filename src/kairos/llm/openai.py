@@ -71,6 +71,10 @@ class OpenAICompatibleModel:
             out[row] = raw - np.logaddexp.reduce(raw)
         return out
 
+    def write(self, prompt: Messages, max_tokens: int) -> str:
+        body = self._chat(prompt, max_tokens=max_tokens)
+        return (body["choices"][0].get("message") or {}).get("content") or ""
+
     def generate_titles(self, prompt: Messages, trie: TitleTrie, n: int) -> list[str]:
         ask = [*prompt[:-1], {"role": "user", "content": prompt[-1]["content"].replace(
             "the exact title of one item.", f"the exact titles of {n} items, one per line, likeliest first.")}]

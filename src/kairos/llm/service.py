@@ -8,6 +8,10 @@ uses the cached list only if it is fresh for the user's latest event: the re-ord
 as a list rule after fusion, the generated items as the `llm` source in fusion. Until
 then, or when the model is off, slow or down, the request gets the list without it.
 When a list lands, `on_ready` tells the live streams (GET /v1/recommendations/{user}/stream).
+
+Explanations (`?explain=true`) work the same way: a request gets the model's sentence
+for an item if one was written for the user's latest event and is grounded (words.py),
+the template reason otherwise, and the missing ones are queued for a second thread.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +30,7 @@ from kairos.llm.backend import ModelUnavailable
 from kairos.llm.cache import LlmList, LlmListCache
 from kairos.llm.lists import LlmRecommender
 from kairos.llm.prompt import Step
+from kairos.llm.words import explain_prompt, first_sentence, grounded
 from kairos.llm.worker import CoalescingWorker
 from kairos.ranking.fusion import Fused
 from kairos.ranking.rules import Ranked
@@ -38,6 +43,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 GENERATED = 10  # titles written per user (generate mode)
 LATENCIES = 1000  # event -> list ready, kept for percentiles
+EXPLAINED = 5  # items of a list explained per request at most
+SENTENCE_TOKENS = 48
+SEPARATOR = "\x1f"  # user SEPARATOR item: an explanation's key
 
 
 class LlmService:
@@ -63,6 +71,9 @@ class LlmService:
         self._model_seconds: deque[float] = deque(maxlen=LATENCIES)
         self._lock = threading.Lock()
         self.source = LlmSource(self)
+        self.explainer = CoalescingWorker(self._explain, capacity=self.settings.llm_queue, name="kairos-llm-words")
+        self._sentences: OrderedDict[str, tuple[int, str | None]] = OrderedDict()  # key -> (position, sentence)
+        self.grounded = self.rejected = 0
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -94,9 +105,11 @@ class LlmService:
     def start(self) -> None:
         self.attach()
         self.worker.start(before=self._load)
+        self.explainer.start()
 
     def stop(self) -> None:
         self.worker.stop()
+        self.explainer.stop()
         self.detach()
         close = getattr(self.model, "close", None)
         if close is not None and not self._given:
@@ -183,6 +196,53 @@ class LlmService:
             self.on_ready(user_id)
         return entry
 
+    def _explain(self, key: str) -> None:
+        if self.model is None or self.state != "ready":
+            return  # not loaded yet: the next request asks again
+        user_id, item_id = key.split(SEPARATOR, 1)
+        engine = self.engine
+        with engine.lock:
+            user = engine.state.users.get(user_id)
+            item = engine.catalog.index.get(item_id)
+            if user is None or item is None:
+                return
+            position, now = user.event_count, engine.clock.now()
+            titles, ids = engine.catalog.titles, engine.catalog.ids
+            steps = [Step(titles[s.item] or ids[s.item], s.type, max(0.0, now - s.timestamp)) for s in user.recent]
+            title = titles[item] or item_id
+            catalogue = [t for t in titles if t]
+        sentence = first_sentence(self.model.write(explain_prompt(steps, title), SENTENCE_TOKENS))
+        ok = grounded(sentence, [title, *(s.title for s in steps)], catalogue)
+        with self._lock:
+            if ok:
+                self.grounded += 1
+            else:
+                self.rejected += 1
+            self._sentences[key] = (position, sentence if ok else None)
+            self._sentences.move_to_end(key)
+            while len(self._sentences) > self.cache.max_users:
+                self._sentences.popitem(last=False)
+
+    def explanations(self, user_id: str, item_ids: Sequence[str]) -> dict[str, str]:
+        """The model's grounded sentences written for the user's latest event, by item;
+        the items without one are queued (a later request gets them)."""
+        with self.engine.lock:
+            user = self.engine.state.users.get(user_id)
+            position = user.event_count if user is not None else 0
+        found, missing = {}, []
+        with self._lock:
+            for item_id in list(item_ids)[:EXPLAINED]:
+                key = f"{user_id}{SEPARATOR}{item_id}"
+                known = self._sentences.get(key)
+                if known is not None and known[0] == position:
+                    if known[1]:
+                        found[item_id] = known[1]
+                else:
+                    missing.append(key)
+        if missing and user is not None:
+            self.explainer.submit(missing)
+        return found
+
     def _current_recommender(self) -> LlmRecommender:
         size = len(self.engine.catalog)
         if self._recommender is None or size != self._catalog_size:
@@ -226,7 +286,9 @@ class LlmService:
         return {"backend": self.settings.llm, "model": getattr(self.model, "name", None), "mode": self.mode,
                 "state": self.state, "error": self.error, "queue": self.worker.depth,
                 "computed": self.worker.done, "failed": self.worker.failed, "dropped": self.worker.dropped,
-                "cached_users": len(self.cache), "event_to_list_ms": pct(latencies), "model_ms": pct(model_s)}
+                "cached_users": len(self.cache), "event_to_list_ms": pct(latencies), "model_ms": pct(model_s),
+                "explanations": {"queue": self.explainer.depth, "grounded": self.grounded,
+                                 "rejected": self.rejected}}
 
 
 class LlmSource:
