@@ -191,3 +191,17 @@ def test_explanations_are_written_off_the_request_path_and_fall_back_to_template
         assert service.explanations("u5", ["m3"]) == {}  # written for an older event: not shown
     finally:
         service.explainer.stop()
+
+
+def test_notification_copy_is_written_only_when_grounded(engine: Engine) -> None:
+    copies: list[tuple[str, str]] = []
+    service = LlmService(engine, model=Writer(), mode="rerank", on_copy=lambda nid, text: copies.append((nid, text)))
+    service.state = "ready"
+    service.explainer.start()
+    try:
+        engine.ingest_records([EventRecord("u6", "m0", "click", 1_000_000.0)])
+        service.write_copy([("n1", "u6", "m3"), ("n2", "u6", "m4")])
+        wait_until(lambda: service.grounded + service.rejected == 2)
+        assert copies == [("n1", "Because you clicked Film 0, Film 3 is next.")]  # n2 keeps its template
+    finally:
+        service.explainer.stop()

@@ -188,3 +188,14 @@ def test_the_inbox_delivers_at_once_and_feeds_the_live_tail(db: PushDatabase, cl
     assert sorted(n.notification_id for _, n in delivered) == ids
     assert tail.forward() == 0  # nobody subscribed: read past, nothing kept
     assert tail.position == delivered[-1][0]
+
+
+def test_a_scheduled_notifications_text_can_be_rewritten_until_it_is_claimed(db: PushDatabase) -> None:
+    """The language model's copy replaces the template only while the row waits."""
+    first, second = enqueue(db, 2, due=T0 + 600)
+    outbox = Outbox(db)
+    assert outbox.set_body(first, "Because you liked Socks, these shoes fit your runs.")
+    assert outbox.get(first).body == "Because you liked Socks, these shoes fit your runs."
+    outbox.claim(T0 + 601, "w1", 10, 30.0)  # now sending: the text is final
+    assert not outbox.set_body(second, "too late")
+    assert outbox.get(second).body == "Light, grippy."

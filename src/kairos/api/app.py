@@ -122,9 +122,13 @@ def create_app(engine: Engine, manage_models: bool = True, push: bool | None = N
     if engine.settings.llm != "off":
         from kairos.llm.service import LlmService
 
-        # A list that lands re-sends the user's live stream (if push runs it).
+        # A list that lands re-sends the user's live stream; notifications due later get the
+        # model's text (both only where push runs).
         llm_service = LlmService(engine, on_ready=(lambda user: push_service.hub.poke("lists", [user]))
-                                 if push_service is not None else None)
+                                 if push_service is not None else None,
+                                 on_copy=push_service.outbox.set_body if push_service is not None else None)
+        if push_service is not None:
+            push_service.copywriter = llm_service.write_copy
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

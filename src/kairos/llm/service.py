@@ -50,7 +50,8 @@ SEPARATOR = "\x1f"  # user SEPARATOR item: an explanation's key
 
 class LlmService:
     def __init__(self, engine: Engine, on_ready: Callable[[str], None] | None = None,
-                 model: Any = None, mode: str | None = None) -> None:
+                 model: Any = None, mode: str | None = None,
+                 on_copy: Callable[[str, str], Any] | None = None) -> None:
         """`model`: a LanguageModel to use instead of loading the configured one (the
         evaluation shares one); `mode`: rerank | generate instead of KAIROS_LLM_MODE."""
         self.engine = engine
@@ -58,6 +59,7 @@ class LlmService:
         self.mode = mode or self.settings.llm_mode
         self._added_weight = False
         self.on_ready = on_ready
+        self.on_copy = on_copy  # (notification id, text): a notification's body, written before it goes
         self.cache = LlmListCache()
         self.worker = CoalescingWorker(self._compute, capacity=self.settings.llm_queue)
         self.state = "starting"
@@ -199,7 +201,7 @@ class LlmService:
     def _explain(self, key: str) -> None:
         if self.model is None or self.state != "ready":
             return  # not loaded yet: the next request asks again
-        user_id, item_id = key.split(SEPARATOR, 1)
+        user_id, item_id, *notification = key.split(SEPARATOR)
         engine = self.engine
         with engine.lock:
             user = engine.state.users.get(user_id)
@@ -218,10 +220,17 @@ class LlmService:
                 self.grounded += 1
             else:
                 self.rejected += 1
-            self._sentences[key] = (position, sentence if ok else None)
-            self._sentences.move_to_end(key)
+            cached = f"{user_id}{SEPARATOR}{item_id}"
+            self._sentences[cached] = (position, sentence if ok else None)
+            self._sentences.move_to_end(cached)
             while len(self._sentences) > self.cache.max_users:
                 self._sentences.popitem(last=False)
+        if ok and notification and self.on_copy is not None:
+            self.on_copy(notification[0], sentence)
+
+    def write_copy(self, notifications: Sequence[tuple[str, str, str]]) -> None:
+        """Queue the text of notifications due later: (notification id, user, item)."""
+        self.explainer.submit([f"{user}{SEPARATOR}{item}{SEPARATOR}{nid}" for nid, user, item in notifications])
 
     def explanations(self, user_id: str, item_ids: Sequence[str]) -> dict[str, str]:
         """The model's grounded sentences written for the user's latest event, by item;

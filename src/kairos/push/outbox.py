@@ -173,6 +173,12 @@ class Outbox:
         rows = self.db.query("SELECT min(due_at) FROM push_notifications WHERE status = 'scheduled'")
         return rows[0][0]
 
+    def set_body(self, notification_id: str, body: str) -> bool:
+        """Replace the text of a notification not sent yet (the language model's copy)."""
+        with self.db.transaction() as db:
+            return db.execute("UPDATE push_notifications SET body = ? WHERE id = ? AND status = 'scheduled'",
+                              (body, notification_id)).rowcount > 0
+
     # -- reading --------------------------------------------------------------------------
 
     def get(self, notification_id: str) -> Notification | None:

@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -72,6 +72,7 @@ EVENTS_PER_STEP = 10_000
 TRIGGERS_PER_STEP = 50
 DIGEST_SCAN_S = 600.0  # how often users are checked for a digest due within the hour
 CALIBRATION_CHECK_S = 30.0
+COPY_LEAD_S = 60.0  # a notification due at least this much later gets the language model's text, if it runs
 BACKGROUND_MODEL_ROWS = 512  # behaviour-model rows recomputed per idle decider pass
 FEEDBACK_EVENTS = {"opened": EventType.push_open, "clicked": EventType.push_click,
                    "dismissed": EventType.push_dismiss}
@@ -106,6 +107,9 @@ class PushService:
         self.db = PushDatabase(engine.store_path(), self.settings.sqlite_synchronous)
         self.view = EngineView(engine)
         self.vectors = UserVectors(self.view)
+        # Given (notification id, user, item) of rows due later, writes their text before they go
+        # (the language model: kairos.llm.service.LlmService.write_copy); None: templates only.
+        self.copywriter: Callable[[list[tuple[str, str, str]]], None] | None = None
         self.calibrator = self._stored_calibration() or DEFAULT
         self.targeter = Targeter(self.view, self.vectors, self.calibrator)
         self.policy = Policy(self.settings)
@@ -313,6 +317,11 @@ class PushService:
             self.metrics.decided(trigger.kind, rows, time.perf_counter() - started)
         if self.worker is not None and any(r.status == "scheduled" and r.due_at <= self.clock.now() + 1 for r in rows):
             self.worker.wake()
+        if self.copywriter is not None:
+            later = [(r.id, r.user_id, r.item_id) for r in rows
+                     if r.status == "scheduled" and r.item_id and r.due_at >= self.clock.now() + COPY_LEAD_S]
+            if later:
+                self.copywriter(later)
         return outcome
 
     # -- what each trigger proposes -------------------------------------------------------
