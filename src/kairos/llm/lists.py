@@ -45,7 +45,7 @@ class LlmRecommender:
 
     def generate(self, history: Sequence[Step], n: int, exclude: set[int]) -> list[int]:
         """Up to `n` catalogue items the model names next, none of `exclude`."""
-        titles = self.model.generate_titles(generate_prompt(history), self.trie, 2 * n)  # some are excluded
+        titles = self.model.generate_titles(generate_prompt(history), self.trie, n + 5)  # some are excluded
         out: list[int] = []
         for title in titles:
             index = self._by_title.get(title.strip())

@@ -133,11 +133,11 @@ class LocalModel:
         return self.tokenizer.decode(out[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
 
     def generate_titles(self, prompt: Messages, trie: TitleTrie, n: int) -> list[str]:
-        """Beam search over the trie (width 2n, length-normalised scores), from one
+        """Beam search over the trie (width n, length-normalised scores), from one
         forward pass of the prompt and the key-value cache after it."""
         import torch
 
-        width = max(2 * n, 4)
+        width = max(n, 4)
         batch = self.tokenizer([self.chat_text(prompt)], return_tensors="pt", add_special_tokens=False)
         done: list[tuple[float, str]] = []
         with self._lock, torch_threads(self.threads), torch.inference_mode():
