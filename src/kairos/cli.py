@@ -303,13 +303,14 @@ def _train_llm(settings: Settings, overrides: dict[str, Any], publish_model: boo
     from kairos.llm.finetune import FinetuneConfig, train_adapter
 
     known = {f.name for f in dataclasses.fields(FinetuneConfig)}
-    unknown = set(overrides) - known
+    unknown = (set(overrides) | set(settings.llm_finetune)) - known
     if unknown:
         raise typer.BadParameter(f"unknown fields {sorted(unknown)}; known: {', '.join(sorted(known))}",
                                  param_hint="--set")
     engine = Engine(settings)  # the online state: examples read users' sequences and served lists
     try:
-        report = train_adapter(engine, FinetuneConfig(**overrides), quiet=json_lines, publish=publish_model)
+        report = train_adapter(engine, FinetuneConfig(**{**settings.llm_finetune, **overrides}), quiet=json_lines,
+                               publish=publish_model)
     except (ModelUnavailable, ValueError) as error:
         raise _fail(error) from None
     finally:

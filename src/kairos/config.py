@@ -173,6 +173,9 @@ class Settings(BaseSettings):
                              "rank) added to the model's letter log-probabilities.")
     llm_finetuned: bool = Field(default=True, description="Load the adapter `kairos train --model llm` "
                                 "published for the packaged model, when there is one.")
+    llm_finetune: dict[str, Any] = Field(
+        default_factory=dict, description="FinetuneConfig fields for `kairos train --model llm` and the "
+        "evaluation's kairos+llm-rerank-tuned, e.g. {\"examples\": 200}.")
     llm_weight: float = Field(default=1.0, gt=0, description="Fusion weight of the `llm` source (generate mode) "
                               "when KAIROS_SOURCE_WEIGHTS does not name it.")
     llm_queue: int = Field(default=10_000, ge=1, description="Users waiting for the model at most (the oldest "

@@ -322,7 +322,7 @@ def _llm_service(engine: Engine, model: Any, name: str, result: LooResult) -> An
         from kairos.llm.local import LocalModel
 
         model = LocalModel(getattr(model, "path", None), threads=engine.settings.llm_threads)
-        config = FinetuneConfig(candidates=engine.settings.llm_candidates)
+        config = FinetuneConfig(**{"candidates": engine.settings.llm_candidates, **engine.settings.llm_finetune})
         _, result.llm["finetune"] = finetune(model, examples_from(engine, config), config)
     service = LlmService(engine, model=model, mode="generate" if name == "kairos+llm-generate" else "rerank")
     service.attach()
