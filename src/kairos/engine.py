@@ -24,8 +24,8 @@ import numpy as np
 from kairos.clock import Clock, WallClock
 from kairos.config import Settings
 from kairos.listeners import Listeners
-from kairos.ranking.rules import ListRule
 from kairos.ranking import Fused, reciprocal_rank_fusion
+from kairos.ranking.rules import ListRule
 from kairos.schema import Event, Item, ItemFields, Recommendations, RecommendedItem, SequenceEntry
 from kairos.schema import SearchResults, SimilarItems, User, UserView
 from kairos.sources import CandidateSource, Candidates, CovisitSource, UserContext, build_sources

@@ -90,9 +90,11 @@ def finetune(model: LocalModel, examples: list[Example], config: FinetuneConfig,
     torch.manual_seed(config.seed)
     letters = list(LETTERS[: config.candidates])
     before = _accuracy(model, test, letters)
-    peft_model = get_peft_model(model.model, LoraConfig(
-        r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout, task_type="CAUSAL_LM",
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    with warnings.catch_warnings():  # peft asks transformers a deprecated question; not ours to answer
+        warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+        peft_model = get_peft_model(model.model, LoraConfig(
+            r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout, task_type="CAUSAL_LM",
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
     model.model = peft_model
     optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=config.lr)
     letter_ids = torch.tensor([model.letter_id(x) for x in letters])
