@@ -13,6 +13,7 @@ import functools
 import importlib.util
 import logging
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -79,7 +80,9 @@ class LocalModel:
         if adapter is not None:
             from peft import PeftModel
 
-            self.model = PeftModel.from_pretrained(self.model, str(adapter))
+            with warnings.catch_warnings():  # peft asks transformers a deprecated question
+                warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+                self.model = PeftModel.from_pretrained(self.model, str(adapter))
             self.name += f"+{adapter.name}"
         self.model.eval()
         self.tokenizer.padding_side = "left"
