@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -29,12 +30,17 @@ def demo_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def test_a_fit_on_the_log_ranks_held_out_items_and_keeps_a_true_base_rate(demo_db: Path) -> None:
-    engine = Engine(Settings(db_path=demo_db), rebuild=False)
+def fit(db: Path, **options: Any) -> Calibrator:
+    """fit_calibration on the database at `db`, without a behaviour model."""
+    engine = Engine(Settings(db_path=db), rebuild=False)
     try:
-        fitted = fit_calibration(engine.store, engine.settings, None, quiet=True)
+        return fit_calibration(engine.store, engine.settings, None, quiet=True, **options)
     finally:
         engine.close()
+
+
+def test_a_fit_on_the_log_ranks_held_out_items_and_keeps_a_true_base_rate(demo_db: Path) -> None:
+    fitted = fit(demo_db)
     meta = fitted.meta
     assert fitted.fitted and meta["items"] >= 50 and meta["positives"] >= 100
     assert meta["held_out_auc"] > 0.75  # far from a coin on items the fit never saw
@@ -49,11 +55,7 @@ def test_a_fit_on_the_log_ranks_held_out_items_and_keeps_a_true_base_rate(demo_d
 
 
 def test_a_logistic_fit_learns_that_closer_taste_means_likelier_engagement(demo_db: Path) -> None:
-    engine = Engine(Settings(db_path=demo_db), rebuild=False)
-    try:
-        fitted = fit_calibration(engine.store, engine.settings, None, quiet=True, kinds=("logistic",))
-    finally:
-        engine.close()
+    fitted = fit(demo_db, kinds=("logistic",))
     assert fitted.kind == "logistic" and fitted.meta["model"].startswith("logistic:")
     taste = dict(zip(FEATURES, fitted.coef, strict=True))
     assert taste["semantic"] > 0  # every subset the fit can choose keeps the text feature or behaviour
@@ -62,12 +64,8 @@ def test_a_logistic_fit_learns_that_closer_taste_means_likelier_engagement(demo_
 
 
 def test_a_cold_fit_is_of_items_made_new_and_push_serves_it_for_untouched_items(demo_db: Path) -> None:
-    engine = Engine(Settings(db_path=demo_db), rebuild=False)
-    try:
-        warm = fit_calibration(engine.store, engine.settings, None, quiet=True, kinds=("logistic",))
-        cold = fit_calibration(engine.store, engine.settings, None, quiet=True, cold=True, kinds=("logistic",))
-    finally:
-        engine.close()
+    warm = fit(demo_db, kinds=("logistic",))
+    cold = fit(demo_db, cold=True, kinds=("logistic",))
     assert cold.meta["cold"] and not warm.meta["cold"] and cold.meta["held_out_auc"] > 0.7
     assert cold.meta["behaviour_model"] is None  # the serving model knows the items made new
     warm.cold = cold
@@ -79,11 +77,7 @@ def test_a_cold_fit_is_of_items_made_new_and_push_serves_it_for_untouched_items(
 def test_a_per_user_fit_labels_each_users_own_later_events(demo_db: Path) -> None:
     """For logs whose timestamps carry order only: each user's own last 20% are the labels,
     and only items at least `min_takers` users took are fitted on."""
-    engine = Engine(Settings(db_path=demo_db), rebuild=False)
-    try:
-        fitted = fit_calibration(engine.store, engine.settings, None, quiet=True, per_user=True, min_takers=3)
-    finally:
-        engine.close()
+    fitted = fit(demo_db, per_user=True, min_takers=3)
     meta = fitted.meta
     assert fitted.fitted and meta["per_user"] and meta["window_s"] is None
     assert meta["positives"] >= 3 * meta["items"]  # every item has at least three takers
@@ -121,11 +115,7 @@ def test_the_cli_refuses_a_log_too_small_to_say_anything(tmp_path: Path) -> None
 
 def test_trees_rank_a_big_audience_through_the_linear_screen(demo_db: Path) -> None:
     """Over more users than `keep`, the screen's likeliest get the trees' p and rank first."""
-    engine = Engine(Settings(db_path=demo_db), rebuild=False)
-    try:
-        trees = fit_calibration(engine.store, engine.settings, None, quiet=True, kinds=("lightgbm",))
-    finally:
-        engine.close()
+    trees = fit(demo_db, kinds=("lightgbm",))
     assert trees.kind == "lightgbm" and trees.screen is not None and trees.screen.kind == "logistic"
     x = np.random.default_rng(1).normal(size=(400, len(FEATURES))).astype(np.float32)
     ranked = trees.ranked(x, keep=50)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kairos.llm.prompt import LETTERS, Step, rerank_prompt
+from kairos.llm.prompt import LETTERS, Step, rerank_prompt, steps_of
 from kairos.progress import progress
 from kairos.threads import torch_threads
 
@@ -72,7 +72,7 @@ def examples_from(engine: Engine, config: FinetuneConfig) -> list[Example]:
             continue
         at = int(rng.integers(0, config.candidates))
         chosen = negatives[:at] + [target.item] + negatives[at:]
-        history = [Step(titles[s.item] or ids[s.item], s.type, max(0.0, now - s.timestamp)) for s in steps[:-1]]
+        history = steps_of(steps[:-1], titles, ids, now)
         out.append(Example(history, [titles[i] or ids[i] for i in chosen], at))
     return out
 

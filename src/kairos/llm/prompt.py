@@ -6,6 +6,7 @@ from __future__ import annotations
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from kairos.llm.backend import Messages
 
@@ -19,6 +20,11 @@ class Step:
     title: str
     event: str  # view, click, purchase, rating, ...
     age_s: float  # seconds before now
+
+
+def steps_of(recent: Sequence[Any], titles: Sequence[str], ids: Sequence[str], now: float) -> list[Step]:
+    """A user's sequence steps (catalogue index, event type, timestamp) as the prompt shows them."""
+    return [Step(titles[s.item] or ids[s.item], s.type, max(0.0, now - s.timestamp)) for s in recent]
 
 
 def ago(seconds: float) -> str:

@@ -29,7 +29,7 @@ from kairos.config import Settings
 from kairos.llm.backend import ModelUnavailable
 from kairos.llm.cache import LlmList, LlmListCache
 from kairos.llm.lists import LlmRecommender
-from kairos.llm.prompt import Step
+from kairos.llm.prompt import steps_of
 from kairos.llm.words import explain_prompt, first_sentence, grounded
 from kairos.llm.worker import CoalescingWorker
 from kairos.ranking.fusion import Fused
@@ -171,7 +171,7 @@ class LlmService:
             now = engine.clock.now()
             titles = engine.catalog.titles
             ids = engine.catalog.ids
-            steps = [Step(titles[s.item] or ids[s.item], s.type, max(0.0, now - s.timestamp)) for s in user.recent]
+            steps = steps_of(user.recent, titles, ids, now)
         recommender = self._current_recommender()
         started = time.perf_counter()
         if self.mode == "rerank":
@@ -210,7 +210,7 @@ class LlmService:
                 return
             position, now = user.event_count, engine.clock.now()
             titles, ids = engine.catalog.titles, engine.catalog.ids
-            steps = [Step(titles[s.item] or ids[s.item], s.type, max(0.0, now - s.timestamp)) for s in user.recent]
+            steps = steps_of(user.recent, titles, ids, now)
             title = titles[item] or item_id
             catalogue = [t for t in titles if t]
         sentence = first_sentence(self.model.write(explain_prompt(steps, title), SENTENCE_TOKENS))
