@@ -37,6 +37,13 @@ def test_the_prompt_lists_history_oldest_first_and_letters_each_candidate() -> N
         rerank_prompt(HISTORY, ["x"] * 27)
 
 
+def test_a_base_model_without_a_chat_template_gets_plain_turns() -> None:
+    from kairos.llm.local import plain_chat_text
+
+    text = plain_chat_text([{"role": "system", "content": "Rank."}, {"role": "user", "content": "A. Heat"}])
+    assert text == "System: Rank.\n\nUser: A. Heat\n\nAssistant:\n"
+
+
 class PositionBiased:
     """A model that loves the letter A, and likes the candidate 'Pocahontas' wherever it is."""
     name = "fake"

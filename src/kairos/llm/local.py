@@ -93,7 +93,13 @@ class LocalModel:
     # -- pieces the trainer and the prompts share ------------------------------------------
 
     def chat_text(self, messages: Messages, answer: str = "") -> str:
-        """The model's own chat format, up to the assistant's answer (and `answer` after it)."""
+        """The model's own chat format, up to the assistant's answer (and `answer` after it).
+
+        A base model without a chat template (e.g. Gemma-3-270M's GGUF) gets plain
+        "Role: text" turns, so any causal model can be pointed at, instruct or not.
+        """
+        if not self.tokenizer.chat_template:
+            return plain_chat_text(messages) + answer
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return text + answer
 
@@ -207,3 +213,9 @@ def _reorder(past: Any, index: Any) -> Any:
 
 def _length(past: Any) -> int:
     return int(past.get_seq_length()) if hasattr(past, "get_seq_length") else int(past[0][0].shape[2])
+
+
+def plain_chat_text(messages: Messages) -> str:
+    """Chat turns as plain text, ending where the assistant's answer begins."""
+    turns = [f"{message['role'].capitalize()}: {message['content']}" for message in messages]
+    return "\n\n".join(turns) + "\n\nAssistant:\n"  # the answer letter starts a line: no space token
