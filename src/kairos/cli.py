@@ -230,12 +230,15 @@ def train(
                                                 help="Make it the served version (a running server "
                                                      "swaps to it within KAIROS_MODEL_POLL_S).")] = True,
     json_lines: Annotated[bool, typer.Option("--json", help="Progress as JSON lines on stdout.")] = False,
-    model: Annotated[str, typer.Option("--model", help="sequential (the behaviour model) or llm (LoRA "
-                                                       "adapters of the local language model, to re-rank).")]
+    model: Annotated[str, typer.Option("--model", help="sequential (the behaviour model), ranker (the learned "
+                                                       "ranker, fitted fusion weights and ALS, for the served "
+                                                       "behaviour model) or llm (LoRA adapters of the local "
+                                                       "language model, to re-rank).")]
     = "sequential",
 ) -> None:
-    """Train the sequential behaviour model (or, with --model llm, fine-tune the local
-    language model) on the event log and publish a new version."""
+    """Train the sequential behaviour model (or, with --model ranker, what orders the
+    served list; with --model llm, fine-tune the local language model) on the event log
+    and publish a new version."""
     import json
 
     from kairos.models import EpochReport
@@ -243,8 +246,8 @@ def train(
 
     settings = _settings(db)
     updates: dict[str, Any] = {}
-    if model not in ("sequential", "llm"):
-        raise typer.BadParameter("sequential or llm", param_hint="--model")
+    if model not in ("sequential", "ranker", "llm"):
+        raise typer.BadParameter("sequential, ranker or llm", param_hint="--model")
     if model_dir is not None:
         updates["model_dir"] = model_dir
     if preset is not None:
@@ -255,6 +258,9 @@ def train(
     overrides = _config_overrides(config, assign)
     if model == "llm":
         _train_llm(settings, overrides, publish_model, json_lines)
+        return
+    if model == "ranker":
+        _train_ranker(settings, publish_model, json_lines)
         return
     engine = Engine(settings, rebuild=False)  # the store and the embedding caches, no online state
 
@@ -293,6 +299,30 @@ def train(
                      else f"{metrics['epochs_run']} epochs without validation")
         console.print(f"[green]trained[/] {run.model.version} ({run.preset} preset, "
                       f"{run.model.training_seconds:.0f}s): {validated}; {where}")
+
+
+def _train_ranker(settings: Settings, publish_model: bool, json_lines: bool) -> None:
+    import json
+
+    from kairos.training.ranking import train_ranking_for
+
+    engine = Engine(settings)  # the online state too: the ranker's features are read from it
+    try:
+        ranking = train_ranking_for(engine, quiet=json_lines, publish=publish_model, install=False)
+    finally:
+        engine.close()
+    summary = {"mode": ranking.mode, "examples": ranking.report.get("examples"),
+               "held_out_ndcg@10_in_pool": ranking.report.get("held_out_ndcg@10_in_pool"),
+               "sequential_version": ranking.sequential_version,
+               "training_seconds": ranking.report.get("training_seconds")}
+    if json_lines:
+        print(json.dumps({"published" if publish_model else "trained": ranking.version, "ranking": summary}),
+              flush=True)
+    else:
+        console.print(f"[green]trained[/] {ranking.version}: {ranking.mode} from {summary['examples']} users' "
+                      f"next events, held-out NDCG@10 in the pool {summary['held_out_ndcg@10_in_pool']}, "
+                      f"{summary['training_seconds']}s; "
+                      + ("published" if publish_model else "not published (--no-publish)"))
 
 
 def _train_llm(settings: Settings, overrides: dict[str, Any], publish_model: bool, json_lines: bool) -> None:

@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     popularity_half_life_s: float = Field(
         default=7 * DAY, ge=0, description="Half-life of trending popularity; 0 = no decay."
     )
+    trend_half_life_s: float = Field(
+        default=DAY, gt=0, description="Half-life of the short-memory popularity the ranker compares with "
+        "popularity_half_life_s (an item's trend).")
     covisit_half_life_s: float = Field(default=30 * DAY, ge=0, description="0 = no decay.")
     covisit_window_s: float = Field(
         default=DAY, gt=0, description="Two visits further apart than this do not co-visit."
@@ -75,9 +78,23 @@ class Settings(BaseSettings):
 
     # Recommendation path
     source_weights: dict[str, float] = Field(
-        default_factory=lambda: {"covisit": 1.0, "sequential": 4.0, "semantic": 0.2, "popular": 0.3, "fresh": 0.01},
+        default_factory=lambda: {"covisit": 1.0, "sequential": 4.0, "semantic": 0.2, "popular": 0.3, "fresh": 0.01,
+                                 "als": 0.5},
         description="Fusion weight of each candidate source; a source absent here is off.",
     )
+    ranker: Literal["auto", "off"] = Field(
+        default="auto", description="auto: order the sources' candidates with the learned ranker when one is "
+        "trained (kairos train --model ranker) and beat fusion on held-out users, else fuse with weights fitted "
+        "on the log's own recent events, else with source_weights (docs/ranking.md). off: source_weights.")
+    ranker_min_examples: int = Field(
+        default=200, ge=1, description="Users whose next event the sources found, needed to train the ranker.")
+    fusion_fit_min_examples: int = Field(
+        default=20, ge=1, description="Such users needed to fit the fusion weights when the ranker cannot train.")
+    ranker_max_users: int = Field(default=5000, ge=1, description="Users sampled to train the ranker.")
+    ranker_config: dict[str, Any] = Field(
+        default_factory=dict, description="LightGBM parameters over the ranker's defaults (kairos.ranking.learned).")
+    als_config: dict[str, Any] = Field(
+        default_factory=dict, description="AlsConfig fields (factors, regularization, alpha, iterations).")
     covisit_recent_items: int = Field(
         default=5, ge=1, description="How many of the user's latest visits seed co-visitation."
     )

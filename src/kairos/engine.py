@@ -25,6 +25,10 @@ from kairos.clock import Clock, WallClock
 from kairos.config import Settings
 from kairos.listeners import Listeners
 from kairos.ranking import Fused, reciprocal_rank_fusion
+from kairos.ranking.model import RankingModel
+from kairos.ranking.arrivals import new_arrival_slot
+from kairos.ranking.fusion import RRF_K
+from kairos.ranking.prior import PRIOR_RRF_K, prior_weights
 from kairos.ranking.rules import ListRule
 from kairos.schema import Event, Item, ItemFields, Recommendations, RecommendedItem, SequenceEntry
 from kairos.schema import SearchResults, SimilarItems, User, UserView
@@ -105,6 +109,7 @@ class Engine:
         self._lock = threading.RLock()
         self.semantic: SemanticState | None = None
         self.registered: RegisteredModel | None = None  # the behaviour model served, as trained
+        self.ranking: RankingModel | None = None  # what orders the list: ranker, fitted or configured weights
         self.listeners = Listeners()  # told after each durable write (push, live streams)
         self.list_rules: list[ListRule] = []  # re-order the fused list (the language model's re-ranking)
         self._reset_state()
@@ -142,6 +147,7 @@ class Engine:
                     progress(len(batch))
             if self.registered is not None:
                 self.state.sequential = self._served(self.registered)
+                self.state.als = self.ranking.als if self.ranking is not None else None
             else:
                 self._load_model_at_start()
         self.rebuild_seconds = time.perf_counter() - started
@@ -202,12 +208,55 @@ class Engine:
         the version served afterwards (None: there is no model)."""
         registry = self.model_registry()
         version = registry.current_version()
-        if version is None or version == self.sequential_version:
-            return self.sequential_version
-        registered = registry.load(version)
-        if registered is not None:
-            self.install_model(registered)
+        if version is not None and version != self.sequential_version:
+            registered = registry.load(version)
+            if registered is not None:
+                self.install_model(registered)
+        self.load_current_ranking()
         return self.sequential_version
+
+    def install_ranking(self, ranking: RankingModel | None) -> None:
+        """Swap what orders the served list (and the ALS factors it reads); None: the
+        configured fusion weights."""
+        with self._lock:
+            self.ranking = ranking
+            self.state.als = ranking.als if ranking is not None else None
+
+    def load_current_ranking(self) -> str | None:
+        """Serve the ranking registry's current version when it was trained for the
+        behaviour model served now; returns the ranking version served afterwards."""
+        from kairos.ranking.model import RankingRegistry
+
+        registry = RankingRegistry(self.model_registry().root / "ranking")
+        version = registry.current_version()
+        served = self.ranking.version if self.ranking is not None else None
+        if version is None or version == served:
+            return served
+        ranking = registry.load(version)
+        if ranking is not None and ranking.sequential_version == self.sequential_version:
+            self.install_ranking(ranking)
+        return self.ranking.version if self.ranking is not None else None
+
+    def under_prior(self) -> bool:
+        """Too small a log to have trained anything: the prior of ranking/prior.py fuses."""
+        return (self.settings.ranker != "off" and self.ranking is None
+                and self.state.events_applied < self.settings.sequential_min_events)
+
+    def fusion_weights(self, ctx: UserContext | None = None) -> dict[str, float]:
+        """The weights fusion uses for this request: fitted ones when the ranking model
+        has them; the small-log prior (ranking/prior.py) before there is anything to fit."""
+        ranking = self.ranking
+        configured = self.settings.source_weights
+        if self.settings.ranker == "off":
+            return configured
+        if self.under_prior():
+            visits = len(ctx.user.seen) if ctx is not None and ctx.user is not None else 0
+            return prior_weights(configured, visits)
+        if ranking is None or ranking.mode == "configured":
+            return configured
+        if ranking.mode == "learned":  # the ranker was trained over the configured sources' candidates
+            return self.settings.source_weights
+        return ranking.weights
 
     def install_model(self, registered: RegisteredModel) -> None:
         """Swap the served behaviour model. The new one is aligned with the catalogue and
@@ -217,6 +266,8 @@ class Engine:
             served.align()  # items may have arrived while it warmed up
             self.registered = registered
             self.state.sequential = served
+            if self.ranking is not None and self.ranking.sequential_version != served.version:
+                self.install_ranking(None)  # its features read the previous model's scores
 
     def _served(self, registered: RegisteredModel) -> ServedSequential:
         with self._lock:
@@ -373,14 +424,18 @@ class Engine:
         for each item."""
         with self._lock:
             ctx = self.user_context(user_id, category, exclude_seen)
-            weights = self.settings.source_weights
+            weights = self.fusion_weights(ctx)
             depth = max(n * CANDIDATE_DEPTH, 50)
-            fused = self.fuse(ctx, weights, depth=depth)
+            fused = self.fuse(ctx, weights, depth=depth, k=PRIOR_RRF_K if self.under_prior() else RRF_K)
+            if self.ranking is not None and self.settings.ranker != "off":
+                fused = self.ranking.rescore(self.state, ctx, fused)
             if diversity > 0 and self.semantic is not None and self.semantic.index is not None:
                 chosen = self._diversify(fused.top(depth), n, diversity)
             else:
                 chosen = fused.top(n)
             chosen = self._cold_start_slots(chosen, fused, n)
+            if self.under_prior():
+                chosen = new_arrival_slot(self.catalog, ctx, chosen, fused, self.settings.cold_start_min_similarity)
             if apply_rules:
                 for rule in self.list_rules:
                     chosen = rule.apply(ctx, chosen, fused, n)
@@ -500,7 +555,7 @@ class Engine:
                 allowed[np.fromiter(user.seen, dtype=np.int64, count=len(user.seen))] = False
             return UserContext(user_id, self.clock.now(), user, allowed, category)
 
-    def fuse(self, ctx: UserContext, weights: dict[str, float], depth: int) -> Fused:
+    def fuse(self, ctx: UserContext, weights: dict[str, float], depth: int, k: float = RRF_K) -> Fused:
         """Ask every weighted source for `depth` candidates and fuse their ranks
         (evaluation asks for the whole catalogue to rank a target among all items)."""
         with self._lock:
@@ -509,7 +564,7 @@ class Engine:
                 for name, source in self.sources.items()
                 if weights.get(name, 0.0) > 0
             }
-            return reciprocal_rank_fusion(ranked, weights, len(self.catalog))
+            return reciprocal_rank_fusion(ranked, weights, len(self.catalog), k)
 
     def similar(self, item_id: str, n: int = 10, request_id: str | None = None,
                 method: str = "hybrid") -> SimilarItems:

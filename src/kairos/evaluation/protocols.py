@@ -43,6 +43,9 @@ SERVED_DEPTH = 20  # the `kairos` model is scored on its served list this deep (
 # `kairos` by a paired bootstrap of NDCG@10, overall and for users with short histories.
 LLM_MODELS = ("kairos+llm-rerank", "kairos+llm-generate", "kairos+llm-rerank-tuned")
 SHORT_HISTORY = 5  # events: "cold users" in the split by history length
+# Served lists: `kairos` as served (the ranking model trained inside the run orders it),
+# `fusion` the same list with the configured fusion weights instead.
+SERVED_MODELS = ("kairos", "fusion", *LLM_MODELS)
 
 
 def model_weights(name: str, settings: Settings) -> dict[str, float] | None:
@@ -50,14 +53,19 @@ def model_weights(name: str, settings: Settings) -> dict[str, float] | None:
     default fusion; any source name alone is that source."""
     if name == "random":
         return None
-    if name == "kairos" or name in LLM_MODELS:
+    if name in SERVED_MODELS:
         return dict(settings.source_weights)
     return {name: 1.0}
 
 
+def uses_ranking(models: list[str]) -> bool:
+    """Whether the run trains the ranking model (and ALS): served lists and `als` read it."""
+    return bool(set(models) & {"kairos", "als", *LLM_MODELS})
+
+
 def uses_sequential(models: list[str], settings: Settings) -> bool:
     """Whether any of these models reads the behaviour model (which then has to be trained)."""
-    served = "kairos" in models or bool(set(LLM_MODELS) & set(models))
+    served = bool(set(SERVED_MODELS) & set(models)) or uses_ranking(models)
     return "sequential" in models or (served and settings.source_weights.get("sequential", 0.0) > 0)
 
 
@@ -131,6 +139,7 @@ class LooResult:
     sequential: dict[str, Any] = field(default_factory=dict)  # the behaviour model measured, if any
     paired: dict[str, dict[str, Any]] = field(default_factory=dict)  # "kairos+llm-x - kairos" -> NDCG@10 diff
     llm: dict[str, Any] = field(default_factory=dict)  # the language model measured, if any
+    ranking: dict[str, Any] = field(default_factory=dict)  # the ranking model trained in the run, if any
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -140,7 +149,7 @@ class LooResult:
             "train_events": self.train_events, "sequential_model": self.sequential,
             "models": {name: {"metrics": r.metrics, "beyond_accuracy": r.beyond, "latency_ms": r.latency_ms}
                        for name, r in self.models.items()},
-            "paired": self.paired, "llm": self.llm,
+            "paired": self.paired, "llm": self.llm, "ranking": self.ranking,
         }
 
 
@@ -203,6 +212,13 @@ def leave_one_out(
         key = ("loo", data.name, data.fingerprint(), split, str(cold_share), str(seed))
         registered = (train_sequential_for(engine, key, sequential, quiet)
                       if uses_sequential(models, settings) else None)
+        if uses_ranking(models) and settings.ranker != "off":
+            from kairos.training.ranking import train_ranking_for
+
+            # Trained on each user's last training event (the validation target), rewound.
+            ranking = train_ranking_for(engine, exclude_seen=mask_history, quiet=quiet)
+        else:
+            ranking = None
         users = sorted(targets)
         if max_users is not None and max_users < len(users):
             users = sorted(np.random.default_rng(seed).choice(users, max_users, replace=False).tolist())
@@ -210,13 +226,16 @@ def leave_one_out(
         counts = _interaction_counts(engine, train)
         categories = [frozenset(c) for c in engine.catalog.categories]
         result = LooResult(data.name, split, mask_history, len(users), n_items, len(train), len(cold),
-                           sequential=training_report(registered))
+                           sequential=training_report(registered),
+                           ranking=ranking.describe() if ranking is not None else {})
         llm = _llm_for(engine, models, result)
         ndcg: dict[str, np.ndarray] = {}
         history = np.array([engine.state.users[u].event_count if u in engine.state.users else 0 for u in users])
         for name in models:
             service = _llm_service(engine, llm, name, result) if name in LLM_MODELS and llm is not None else None
             weights = model_weights(name, settings)
+            if name == "fusion":
+                engine.ranking = None  # the configured weights; the ALS factors stay
             rng = np.random.default_rng(seed)
             rows, lists, latencies = [], [], []
             with progress(f"leave-one-out {name}", len(users), quiet=quiet) as advance:
@@ -241,7 +260,7 @@ def leave_one_out(
                         scores = np.where(candidates, scores, -1.0)
                     greater, tied = target_rank(scores, target, candidates)
                     top = top_k(scores + 1.0, 10).items.tolist()  # +1: zero scores still rank
-                    if name == "kairos" or name in LLM_MODELS:
+                    if name in SERVED_MODELS:
                         # The served list (with its list-level rules, e.g. cold-start slots,
                         # the model's order or its source) decides the top places; the fused
                         # scores rank the rest.
@@ -258,6 +277,7 @@ def leave_one_out(
                     advance(1)
             if service is not None:
                 service.detach()
+            engine.ranking = ranking
             ndcg[name] = np.array([r["NDCG@10"] for r in rows])
             result.models[name] = ModelResult(
                 metrics=mean_metrics(rows),
@@ -270,6 +290,9 @@ def leave_one_out(
             )
         engine.close()
     if "kairos" in ndcg:
+        for name in ndcg:  # what is served against each part of it
+            if name != "kairos" and name not in LLM_MODELS:
+                result.paired[f"kairos - {name}"] = {"all": paired_difference(ndcg["kairos"], ndcg[name], seed)}
         for name in LLM_MODELS:
             if name in ndcg:
                 result.paired[f"{name} - kairos"] = {

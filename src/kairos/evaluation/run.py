@@ -45,6 +45,8 @@ def run_evaluation(data: Path | EvalData, protocol: str, options: EvalOptions | 
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     models = options.models or [*BASELINES, "semantic", "sequential", "kairos"]
+    if not options.models and protocol in ("loo", "coldstart"):  # these train the ranking model (and ALS)
+        models = [*BASELINES, "semantic", "sequential", "als", "fusion", "kairos"]
     dataset = data if isinstance(data, EvalData) else load_eval_data(data, options.core, options.core, quiet)
     if protocol == "loo":
         conventions = {"both": [True, False], "yes": [True], "no": [False]}[options.mask_history]

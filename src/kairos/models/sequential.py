@@ -8,6 +8,7 @@ Conventions: item indices run 1..n_items and 0 is padding. Scores cover indices
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -929,6 +930,18 @@ class TrainedModel:
             if tmp.exists():
                 shutil.rmtree(tmp)
         return path
+
+    def with_transitions_from(self, sequences: Sequence[np.ndarray]) -> TrainedModel:
+        """A copy whose transition prior counts only these sequences (model indices, oldest
+        first). The artefact's prior also counts each user's last visit, which the network
+        never trained on; a view of the log without those visits (the ranker's training,
+        ranking/training.py) must not find them in the prior either."""
+        if not self.config.transition_window:
+            return self
+        module = copy.deepcopy(self.module)
+        _count_transitions(module, [np.asarray(s, dtype=np.int64) for s in sequences if len(s)])
+        return TrainedModel(module, self.config, self.event_types, self.metrics, self.training_seconds,
+                            self.fingerprint, self.created_at, self.version)
 
     def describe(self) -> dict[str, Any]:
         return {

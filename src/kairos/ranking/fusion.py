@@ -33,7 +33,9 @@ class Fused:
         return sorted(shares, key=lambda name: -shares[name])
 
 
-def reciprocal_rank_fusion(ranked: dict[str, Candidates], weights: dict[str, float], n_items: int) -> Fused:
+def reciprocal_rank_fusion(ranked: dict[str, Candidates], weights: dict[str, float], n_items: int,
+                           k: float = RRF_K) -> Fused:
+    """`k` flattens ranks: 60 (the paper's) for long lists; the small-log prior uses less."""
     scores = np.zeros(n_items, dtype=np.float64)
     contributions: dict[str, np.ndarray] = {}
     for name, candidates in ranked.items():
@@ -41,7 +43,7 @@ def reciprocal_rank_fusion(ranked: dict[str, Candidates], weights: dict[str, flo
         if weight <= 0 or len(candidates.items) == 0:
             continue
         share = np.zeros(n_items, dtype=np.float64)
-        share[candidates.items] = weight / (RRF_K + 1.0 + np.arange(len(candidates.items)))
+        share[candidates.items] = weight / (k + 1.0 + np.arange(len(candidates.items)))
         scores += share
         contributions[name] = share
     return Fused(scores, contributions, ranked)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from kairos.config import Settings
+from kairos.sources.als import AlsSource
 from kairos.sources.base import CandidateSource, Candidates, UserContext, top_k
 from kairos.sources.covisit import CovisitSource
 from kairos.sources.fresh import FreshSource
@@ -21,6 +22,7 @@ SOURCE_FACTORIES: dict[str, SourceFactory] = {
     "fresh": lambda state, settings: FreshSource(state.catalog),
     "semantic": lambda state, settings: SemanticSource(state),
     "sequential": lambda state, settings: SequentialSource(state),
+    "als": lambda state, settings: AlsSource(state),
 }
 
 
@@ -31,6 +33,7 @@ def build_sources(state: OnlineState, settings: Settings) -> dict[str, Candidate
 
 __all__ = [
     "SOURCE_FACTORIES",
+    "AlsSource",
     "CandidateSource",
     "Candidates",
     "CovisitSource",

@@ -45,6 +45,8 @@ class ServedSequential:
         self.model = model
         self.version = model.version
         self.catalog = catalog
+        self.item_ids = item_ids
+        self._text_vector_lookup = text_vector
         self._text_vector = text_vector if model.config.use_text else None
         known = {item_id: i + 1 for i, item_id in enumerate(item_ids)}
         self._model_of = np.zeros(len(catalog), dtype=np.int64)  # catalogue index -> model index (0: none)
@@ -60,6 +62,17 @@ class ServedSequential:
         self._vectors: np.ndarray | None = None
         self._keys: np.ndarray | None = None  # item keys for push targeting (item_keys)
         self._add_new_items(np.flatnonzero(self._model_of == 0))
+
+    def with_prior_from(self, visits: dict[str, list[int]]) -> ServedSequential:
+        """The same network with its transition prior counted from these visits only
+        (user -> catalogue indices, oldest first): see TrainedModel.with_transitions_from."""
+        self.align()
+        sequences = []
+        for items in visits.values():
+            indices = self._model_of[np.asarray(items, dtype=np.int64)] if items else np.empty(0, dtype=np.int64)
+            sequences.append(indices[(indices > 0) & (indices <= self.model.n_items)])
+        return ServedSequential(self.model.with_transitions_from(sequences), self.item_ids, self.catalog,
+                                self._text_vector_lookup)
 
     def add_items(self, keys: list[int]) -> None:
         """Represent these catalogue items from their text if the model lacks them (new

@@ -14,6 +14,7 @@ from kairos.state.users import SequenceStep, UserState
 from kairos.store.base import EventRecord
 
 if TYPE_CHECKING:
+    from kairos.models.als import AlsModel
     from kairos.sources.sequential import ServedSequential
     from kairos.state.semantic import SemanticState
 
@@ -30,10 +31,12 @@ class OnlineState:
         self.catalog = catalog
         self.users: dict[str, UserState] = {}
         self.popularity = DecayedPopularity(settings.popularity_half_life_s)
+        self.trending = DecayedPopularity(settings.trend_half_life_s)  # short memory: the ranker's trend
         self.covisit = Covisitation(settings.covisit_half_life_s)
         self.events_applied = 0
         self.semantic: SemanticState | None = None  # set by the engine when the LM layer is on
         self.sequential: ServedSequential | None = None  # set by the engine when a model serves
+        self.als: AlsModel | None = None  # set by the engine when a factorisation serves
 
     def apply(self, events: Iterable[EventRecord]) -> None:
         for event in events:
@@ -76,3 +79,4 @@ class OnlineState:
                     )
         if weight > 0:
             self.popularity.add(item, self.catalog.categories[item], sign * weight, t)
+            self.trending.add(item, (), sign * weight, t)

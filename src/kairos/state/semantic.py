@@ -8,6 +8,7 @@ changes the next request's semantic candidates.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import threading
@@ -203,6 +204,17 @@ class SemanticState:
                 if profile is None:
                     profile = self.profiles[event.user_id] = UserProfile(len(vector))
                 profile.add(vector, w, event.timestamp, self._rate)
+
+    def detached(self) -> SemanticState:
+        """A view sharing the items (index, encoder, caches) with fresh behaviour profiles,
+        for replaying part of the log (ranking/training.py); never `close` it."""
+        with self._lock:
+            twin = copy.copy(self)
+            twin._lock = threading.RLock()
+            twin.profiles = {}
+            twin.stated = dict(self.stated)
+            twin.stated_text = dict(self.stated_text)
+            return twin
 
     def forget(self, user_id: str) -> None:
         with self._lock:

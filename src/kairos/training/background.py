@@ -41,7 +41,8 @@ class TrainingJob:
     """What a caller can see of a background training run."""
 
     id: int
-    reason: str  # "requested", "no model yet", "retrain interval"
+    reason: str  # "requested", "no model yet", "retrain interval", "ranking for the served model"
+    model: str = "sequential"  # sequential | ranker (trained after each behaviour model)
     state: str = "running"  # running | succeeded | failed
     started_at: str = field(default_factory=lambda: _now())
     finished_at: str | None = None
@@ -97,15 +98,16 @@ class ModelManager:
 
     # -- training -------------------------------------------------------------------------
 
-    def train(self, reason: str = "requested", overrides: dict[str, Any] | None = None) -> TrainingJob:
+    def train(self, reason: str = "requested", overrides: dict[str, Any] | None = None,
+              model: str = "sequential") -> TrainingJob:
         """Start a background training run; TrainingInProgress if one is running."""
         with self._lock:
             if self._process is not None and self._process.poll() is None:
                 raise TrainingInProgress(f"training job {self.job.id if self.job else '?'} is still running")
             self._jobs += 1
-            job = TrainingJob(self._jobs, reason)
+            job = TrainingJob(self._jobs, reason, model)
             command = [sys.executable, "-m", "kairos", "train", "--db", str(self.engine.store_path()),
-                       "--model-dir", str(self.engine.model_registry().root), "--json"]
+                       "--model-dir", str(self.engine.model_registry().root), "--model", model, "--json"]
             if overrides:
                 command += ["--config", json.dumps(overrides)]
             self._process = subprocess.Popen(
@@ -138,6 +140,8 @@ class ModelManager:
             job.state = "succeeded"
             self._load_current()  # at once, not at the next poll
             log.info("training job %d published %s", job.id, job.version)
+            if job.model == "sequential" and self.settings.ranker != "off" and not self._stop.is_set():
+                self._train_ranking("ranking for the served model")
         else:
             job.state = "failed"
             job.error = tail[-1] if tail else f"exit code {code}"
@@ -168,6 +172,25 @@ class ModelManager:
         reason = self.due()
         if reason is not None:
             self.train(reason)
+        elif self.ranking_due():
+            self._train_ranking("ranking for the served model")
+
+    def _train_ranking(self, reason: str) -> None:
+        try:
+            self.train(reason, model="ranker")
+        except TrainingInProgress:
+            pass  # the next poll asks again
+
+    def ranking_due(self) -> bool:
+        """A behaviour model serves without a ranking model trained for it."""
+        engine = self.engine
+        if self.settings.ranker == "off" or engine.registered is None or self.training:
+            return False
+        if self.job is not None and self.job.model == "ranker" and self.job.state == "failed" \
+                and self._failed_recently():
+            return False
+        ranking = engine.ranking
+        return ranking is None or ranking.sequential_version != engine.sequential_version
 
     def due(self) -> str | None:
         """Why a background training should start now, or None."""
@@ -203,6 +226,7 @@ class ModelManager:
                 **_describe(registered), "preset": registered.training.get("preset"),
                 "data": registered.training.get("data"),
             },
+            "ranking": self.engine.ranking.describe() if self.engine.ranking is not None else None,
             "training": self.job.to_json() if self.job is not None else None,
             "versions": self.engine.model_registry().versions(),
         }

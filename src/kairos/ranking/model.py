@@ -1,0 +1,128 @@
+"""What orders a served list: the ranking model the engine installs.
+
+Three regimes, by how much the log can teach (docs/ranking.md):
+- `learned`: the LightGBM ranker over the sources' candidates, when it was trained
+  and beat fused ranks on held-out users;
+- `fitted`: reciprocal-rank fusion with weights fitted on the log's own latest
+  events, when there are too few of them to train the ranker (or it did not win);
+- `configured`: fusion with `source_weights`, when even that cannot be fitted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from kairos.models.als import AlsModel
+from kairos.ranking.features import pool_features
+from kairos.ranking.fusion import Fused
+from kairos.ranking.learned import LearnedRanker
+from kairos.sources.base import UserContext
+from kairos.state.online import OnlineState
+from kairos.training.registry import _write_atomically
+
+Mode = Literal["learned", "fitted", "configured"]
+CURRENT = "CURRENT"
+META = "ranking.json"
+
+
+@dataclass
+class RankingModel:
+    version: str
+    mode: Mode
+    weights: dict[str, float]  # the fusion weights of the `fitted`/`configured` regimes
+    ranker: LearnedRanker | None = None
+    als: AlsModel | None = None
+    sequential_version: str | None = None  # features read this behaviour model's scores
+    report: dict[str, Any] = field(default_factory=dict)  # examples, held-out NDCG of each regime, times
+
+    def rescore(self, state: OnlineState, ctx: UserContext, fused: Fused) -> Fused:
+        """The fusion with its scores replaced by the ranker's, over the same candidates
+        (positive, so the fused list's helpers still read them as scores)."""
+        if self.mode != "learned" or self.ranker is None:
+            return fused
+        pool = pool_features(state, ctx, fused.ranked)
+        if not len(pool.items):
+            return fused
+        predicted = self.ranker.score(pool)
+        scores = np.zeros_like(fused.scores)
+        fused_share = fused.scores[pool.items] / max(float(fused.scores.max()), 1e-12)
+        # A few hundred trees' leaves tie many candidates: the fused ranks order those.
+        scores[pool.items] = np.exp(predicted - predicted.max()) + 1e-6 * fused_share + 1e-9
+        return Fused(scores, fused.contributions, fused.ranked)
+
+    def describe(self) -> dict[str, Any]:
+        return {"version": self.version, "mode": self.mode, "weights": self.weights,
+                "sequential_version": self.sequential_version,
+                "als": None if self.als is None else {"version": self.als.version, "users": self.als.users,
+                                                       "events": self.als.events,
+                                                       "fit_seconds": round(self.als.fit_seconds, 2)},
+                **self.report}
+
+
+def new_version() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).strftime("rank-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
+
+
+class RankingRegistry:
+    """<root>/<version>/{ranking.json, ranker.txt, als_items.npy, als.json}; <root>/CURRENT."""
+
+    def __init__(self, root: Path, keep: int = 3) -> None:
+        self.root = Path(root)
+        self.keep = keep
+
+    def publish(self, model: RankingModel) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".{model.version}.{uuid.uuid4().hex[:6]}"
+        tmp.mkdir()
+        if model.ranker is not None:
+            model.ranker.save(tmp / "ranker.txt")
+        if model.als is not None:
+            model.als.save(tmp)
+        meta = {"version": model.version, "mode": model.mode, "weights": model.weights,
+                "sequential_version": model.sequential_version, "report": model.report}
+        (tmp / META).write_text(json.dumps(meta, indent=1))
+        final = self.root / model.version
+        os.replace(tmp, final)
+        _write_atomically(self.root / CURRENT, model.version + "\n")
+        self._prune()
+        return final
+
+    def current_version(self) -> str | None:
+        try:
+            return (self.root / CURRENT).read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def load(self, version: str | None = None) -> RankingModel | None:
+        version = version or self.current_version()
+        if version is None:
+            return None
+        path = self.root / version
+        meta = json.loads((path / META).read_text())
+        ranker = LearnedRanker.load(path / "ranker.txt") if (path / "ranker.txt").exists() else None
+        als = AlsModel.load(path) if (path / "als.json").exists() else None
+        return RankingModel(meta["version"], meta["mode"], meta["weights"], ranker, als,
+                            meta.get("sequential_version"), meta.get("report", {}))
+
+    def versions(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted((p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")
+                       and (p / META).exists()), reverse=True)
+
+    def _prune(self) -> None:
+        current = self.current_version()
+        for old in self.versions()[self.keep:]:
+            if old != current:
+                shutil.rmtree(self.root / old, ignore_errors=True)
+

@@ -1,0 +1,242 @@
+"""Training what orders the served list, from the event log, without leakage.
+
+Each user's last visit is their label. The online state is *rewound*: a fresh state
+over the same catalogue replays every event except the labels, so co-visitation,
+popularity, profiles, ALS and the user's own sequence are what they were just before
+each label — nothing the label caused is visible to its features. The behaviour
+model may score there because it was trained with each user's last visit held out
+(training/pipeline.py: `holdout`), i.e. it never learned those labels either; its
+transition prior, which does count them, is recounted without them.
+
+From the same examples come the three regimes of ranking/model.py: the LightGBM
+ranker (enough users), fusion weights fitted by coordinate ascent (a few), or the
+configured weights (too few); each is measured on held-out users and the best serves.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from kairos.config import Settings
+from kairos.models.als import AlsConfig, AlsModel
+from kairos.ranking.features import FEATURES, RANKED_SOURCES, pool_features
+from kairos.ranking.fusion import RRF_K
+from kairos.ranking.learned import LearnedRanker
+from kairos.ranking.model import RankingModel, new_version
+from kairos.schema import NON_VISIT_TYPES
+from kairos.sources import build_sources
+from kairos.sources.base import UserContext
+from kairos.state.catalog import Catalog
+from kairos.state.online import OnlineState
+from kairos.store.base import EventRecord
+
+log = logging.getLogger(__name__)
+
+TRAINING_DEPTH = 60  # candidates per source, as a served list of 20 asks (engine.CANDIDATE_DEPTH)
+VALID_SHARE = 0.2
+WEIGHT_GRID = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+@dataclass
+class RankingInputs:
+    """What training reads of a live engine (passed in: ranking never imports the engine)."""
+
+    settings: Settings
+    catalog: Catalog
+    events: Sequence[EventRecord]  # the whole log, in acknowledgement order
+    semantic: Any = None  # SemanticState or None
+    sequential: Any = None  # ServedSequential or None (trained with holdout)
+    exclude_seen: bool = True  # as the served lists are asked for
+
+
+@dataclass
+class Examples:
+    """One row block per user whose label some source proposed."""
+
+    features: list[np.ndarray] = field(default_factory=list)
+    labels: list[np.ndarray] = field(default_factory=list)
+    fusion_terms: list[np.ndarray] = field(default_factory=list)  # (pool, sources): 1 / (K + rank)
+    users: int = 0  # labelled users asked
+    found: int = 0  # ... whose label was in the pool
+
+    def subset(self, rows: np.ndarray) -> Examples:
+        return Examples([self.features[i] for i in rows], [self.labels[i] for i in rows],
+                        [self.fusion_terms[i] for i in rows], len(rows), len(rows))
+
+    def stacked(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return (np.concatenate(self.features), np.concatenate(self.labels),
+                np.array([len(x) for x in self.labels]))
+
+
+def labels_of(events: Sequence[EventRecord], settings: Settings) -> dict[str, int]:
+    """Each user's last positive visit (position in `events`), for users with an
+    earlier event to learn from."""
+    last: dict[str, int] = {}
+    count: dict[str, int] = {}
+    for position, event in enumerate(events):
+        count[event.user_id] = count.get(event.user_id, 0) + 1
+        if event.type not in NON_VISIT_TYPES and settings.event_weight(event.type, event.value) > 0:
+            last[event.user_id] = position
+    return {user: position for user, position in last.items() if count[user] >= 2}
+
+
+def rewound_state(inputs: RankingInputs, skip: set[int]) -> tuple[OnlineState, list[EventRecord]]:
+    """A state over the same catalogue that saw every event except those at `skip`."""
+    state = OnlineState(inputs.settings, inputs.catalog)
+    kept = [e for i, e in enumerate(inputs.events) if i not in skip]
+    state.apply(kept)
+    if inputs.semantic is not None:
+        state.semantic = inputs.semantic.detached()
+        state.semantic.apply(kept, inputs.settings.event_weight)
+    if inputs.sequential is not None:
+        # The served model's transition prior counted the labels: recount it without them.
+        visits: dict[str, list[tuple[float, int, int]]] = {}
+        for position, event in enumerate(inputs.events):
+            if position not in skip and event.type not in NON_VISIT_TYPES:
+                visits.setdefault(event.user_id, []).append(
+                    (event.timestamp, position, inputs.catalog.index[event.item_id]))
+        state.sequential = inputs.sequential.with_prior_from(
+            {user: [item for *_, item in sorted(steps)] for user, steps in visits.items()})
+    return state, kept
+
+
+def fit_als(events: Sequence[EventRecord], catalog: Catalog, settings: Settings) -> AlsModel:
+    return AlsModel.fit(events, catalog.index, len(catalog), settings.event_weight,
+                        AlsConfig.from_json(settings.als_config))
+
+
+def collect_examples(state: OnlineState, inputs: RankingInputs, labels: dict[str, EventRecord],
+                     advance: Callable[[int], None] | None = None) -> Examples:
+    settings = inputs.settings
+    sources = build_sources(state, settings)
+    names = [name for name in RANKED_SOURCES if name in sources and
+             (settings.source_weights.get(name, 0.0) > 0 or (name == "als" and state.als is not None))]
+    examples = Examples()
+    for user_id, label in labels.items():
+        examples.users += 1
+        ctx = _context(state, user_id, label.timestamp, inputs.exclude_seen)
+        target = state.catalog.index[label.item_id]
+        if ctx.allowed[target]:
+            ranked = {name: sources[name].candidates(ctx, TRAINING_DEPTH) for name in names}
+            pool = pool_features(state, ctx, ranked)
+            hit = pool.items == target
+            if hit.any():
+                examples.found += 1
+                examples.features.append(pool.features)
+                examples.labels.append(hit.astype(np.float32))
+                terms = np.zeros((len(pool.items), len(RANKED_SOURCES)), dtype=np.float64)
+                for column, name in enumerate(RANKED_SOURCES):
+                    if name in ranked and len(ranked[name].items):
+                        where = np.searchsorted(pool.items, ranked[name].items)
+                        terms[where, column] = 1.0 / (RRF_K + 1.0 + np.arange(len(where)))
+                examples.fusion_terms.append(terms)
+        if advance is not None:
+            advance(1)
+    return examples
+
+
+def _context(state: OnlineState, user_id: str, now: float, exclude_seen: bool) -> UserContext:
+    user = state.users.get(user_id)
+    allowed = state.catalog.available.copy()
+    if exclude_seen and user is not None and user.seen:
+        allowed[np.fromiter(user.seen, dtype=np.int64, count=len(user.seen))] = False
+    return UserContext(user_id, now, user, allowed)
+
+
+def ndcg_at_10(scores: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> np.ndarray:
+    """Per example: 1 / log2(rank + 2) of the label among its pool (ties count half)."""
+    out = np.zeros(len(scores))
+    for i, (score, label) in enumerate(zip(scores, labels, strict=True)):
+        target = score[label > 0][0]
+        rank = float((score > target).sum()) + 0.5 * float((score == target).sum() - 1)
+        out[i] = 1.0 / np.log2(rank + 2.0) if rank < 10 else 0.0
+    return out
+
+
+def fusion_ndcg(examples: Examples, weights: np.ndarray) -> np.ndarray:
+    return ndcg_at_10([terms @ weights for terms in examples.fusion_terms], examples.labels)
+
+
+def fit_weights(examples: Examples, start: np.ndarray, rounds: int = 3) -> np.ndarray:
+    """Coordinate ascent over a grid, one source at a time, on mean NDCG@10."""
+    weights = start.copy()
+    best = fusion_ndcg(examples, weights).mean()
+    for _ in range(rounds):
+        improved = False
+        for column in range(len(weights)):
+            for value in WEIGHT_GRID:
+                trial = weights.copy()
+                trial[column] = value
+                if not trial.any():
+                    continue
+                score = fusion_ndcg(examples, trial).mean()
+                if score > best + 1e-9:
+                    best, weights, improved = score, trial, True
+        if not improved:
+            break
+    return weights
+
+
+def train_ranking(inputs: RankingInputs, seed: int = 0, quiet: bool = True) -> RankingModel:
+    """Rewind, collect examples, measure each regime on held-out users, keep the best."""
+    from kairos.progress import progress
+
+    started = time.perf_counter()
+    settings = inputs.settings
+    positions = labels_of(inputs.events, settings)
+    users = sorted(positions)
+    if len(users) > settings.ranker_max_users:
+        users = sorted(np.random.default_rng(seed).choice(users, settings.ranker_max_users, replace=False).tolist())
+    chosen = {user: positions[user] for user in users}
+    state, kept = rewound_state(inputs, set(positions.values()))
+    als_started = time.perf_counter()
+    state.als = fit_als(kept, inputs.catalog, settings) if kept else None
+    als_seconds = time.perf_counter() - als_started
+    labels = {user: inputs.events[position] for user, position in chosen.items()}
+    with progress("ranker examples", len(labels), quiet=quiet) as advance:
+        examples = collect_examples(state, inputs, labels, advance)
+    configured = np.array([settings.source_weights.get(name, 0.0) for name in RANKED_SOURCES])
+    report: dict[str, Any] = {"labelled_users": examples.users, "examples": examples.found,
+                              "recall": round(examples.found / max(examples.users, 1), 4),
+                              "exclude_seen": inputs.exclude_seen}
+    mode, weights, ranker = "configured", configured, None
+    order = np.random.default_rng(seed).permutation(examples.found)
+    n_valid = max(1, int(round(examples.found * VALID_SHARE))) if examples.found >= 2 else 0
+    valid, train = examples.subset(order[:n_valid]), examples.subset(order[n_valid:])
+    held_out: dict[str, float] = {}
+    if n_valid:
+        held_out["configured"] = float(fusion_ndcg(valid, configured).mean())
+    if examples.found >= settings.fusion_fit_min_examples and n_valid:
+        fitted = fit_weights(train, configured)
+        held_out["fitted"] = float(fusion_ndcg(valid, fitted).mean())
+        if held_out["fitted"] > held_out["configured"]:
+            mode, weights = "fitted", fitted
+    if examples.found >= settings.ranker_min_examples and n_valid:
+        features, y, groups = train.stacked()
+        learned, rounds = LearnedRanker.fit(features, y, groups, valid.stacked(), settings.ranker_config)
+        held_out["learned"] = float(ndcg_at_10([learned.booster.predict(x, num_iteration=rounds)
+                                                for x in valid.features], valid.labels).mean())
+        report["rounds"] = rounds
+        if held_out["learned"] >= max(v for k, v in held_out.items() if k != "learned"):
+            every = examples.stacked()
+            ranker, _ = LearnedRanker.fit(*every, params=settings.ranker_config, rounds=rounds)
+            mode = "learned"
+            report["importance"] = ranker.importance()
+    # Served: the ALS fitted on the whole log (the rewound one saw less).
+    full_als = fit_als(inputs.events, inputs.catalog, settings) if inputs.events else None
+    report.update({"held_out_ndcg@10_in_pool": {k: round(v, 4) for k, v in held_out.items()},
+                   "held_out_users": n_valid, "als_fit_seconds": round(als_seconds, 2),
+                   "training_seconds": round(time.perf_counter() - started, 1), "features": len(FEATURES)})
+    named = {name: float(w) for name, w in zip(RANKED_SOURCES, weights, strict=True)
+             if w > 0 or settings.source_weights.get(name, 0.0) > 0}
+    if mode == "configured":
+        named = dict(settings.source_weights)
+    sequential_version = getattr(inputs.sequential, "version", None)
+    log.info("ranking %s: %d examples, held-out %s", mode, examples.found, report["held_out_ndcg@10_in_pool"])
+    return RankingModel(new_version(), mode, named, ranker, full_als, sequential_version, report)  # type: ignore[arg-type]
