@@ -22,6 +22,9 @@ app.add_typer(import_app, name="import")
 push_app = typer.Typer(help="Push: preview, send and follow notifications; fit the calibration.",
                        no_args_is_help=True)
 app.add_typer(push_app, name="push")
+experiments_app = typer.Typer(help="A/B experiments on the served list, through the running server.",
+                              no_args_is_help=True)
+app.add_typer(experiments_app, name="experiments")
 console = Console()
 
 DbOption = Annotated[
@@ -615,6 +618,74 @@ def push_calibrate(
                 console.print(f"[green]{name}[/] on {part['items']} items, {part['positives']} positives: "
                               f"{part['model']}, held-out AUC {part['held_out_auc'] or float('nan'):.3f}, "
                               f"log loss {part['held_out_log_loss']:.4f}, base rate {part['base_rate']:.5f}")
+
+
+@experiments_app.command("list")
+def experiments_list(url: UrlOption = None) -> None:
+    """Every experiment, newest first, with its status and winner."""
+    with _api(url) as client:
+        found = _call(client, "GET", "/v1/experiments")["experiments"]
+    for experiment in found:
+        arms = ", ".join(f"{arm['name']} {arm['traffic']:.0%}" for arm in experiment["arms"])
+        console.print(f"{experiment['id']}: {experiment['status']} ({arms}; {experiment['metric']})"
+                      + (f", winner {experiment['winner']}" if experiment["winner"] else ""))
+    if not found:
+        console.print("no experiments")
+
+
+@experiments_app.command("create")
+def experiments_create(
+    spec: Annotated[str, typer.Argument(help="The experiment as JSON, or @file.json: "
+                                             '{"id", "arms": [{"name", "config", "traffic"}], "metric"}')],
+    url: UrlOption = None,
+) -> None:
+    """Start an experiment (one runs at a time)."""
+    import json
+
+    text = Path(spec[1:]).read_text() if spec.startswith("@") else spec
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise _fail(ValueError(f"the experiment is not JSON: {error}")) from None
+    with _api(url) as client:
+        created = _call(client, "POST", "/v1/experiments", json=body)
+    console.print(f"[green]running[/] {created['id']}: " + ", ".join(a["name"] for a in created["arms"]))
+
+
+@experiments_app.command("show")
+def experiments_show(experiment_id: str, url: UrlOption = None) -> None:
+    """Per arm: users, requests, impressions, conversions, rate [95%], the difference
+    from the first arm [95%] with its p-value; and the sample-ratio check."""
+    from rich.table import Table
+
+    with _api(url) as client:
+        report = _call(client, "GET", f"/v1/experiments/{experiment_id}")
+    table = Table(title=f"{report['id']} ({report['status']}, {report['metric']})")
+    for column in ("arm", "users", "requests", "impressions", report["metric"] + "s", "rate [95%]",
+                   f"vs {report['control']} [95%]", "p"):
+        table.add_column(column)
+    for arm in report["arms"]:
+        versus = arm.get("vs_" + report["control"])
+        table.add_row(arm["name"], str(arm["users"]), str(arm["requests"]), str(arm["impressions"]),
+                      str(arm["conversions"]), f"{arm['rate']:.4f} [{arm['rate_low']:.4f}, {arm['rate_high']:.4f}]",
+                      f"{versus['diff']:+.4f} [{versus['low']:+.4f}, {versus['high']:+.4f}]" if versus else "",
+                      f"{versus['p_value']:.3g}" if versus else "")
+    console.print(table)
+    ratio = report["sample_ratio"]
+    console.print(("[red]sample-ratio mismatch[/]" if ratio["mismatch"] else "sample ratio ok")
+                  + f" (p = {ratio['p_value']:.3g})" + (f"; winner {report['winner']}" if report["winner"] else ""))
+
+
+@experiments_app.command("stop")
+def experiments_stop(
+    experiment_id: str,
+    winner: Annotated[str | None, typer.Option(help="An arm whose config every request gets from now on.")] = None,
+    url: UrlOption = None,
+) -> None:
+    """Stop assigning users; optionally promote the winning arm."""
+    with _api(url) as client:
+        stopped = _call(client, "POST", f"/v1/experiments/{experiment_id}/stop", json={"winner": winner})
+    console.print(f"[green]stopped[/] {stopped['id']}" + (f", promoted {winner}" if winner else ""))
 
 
 @app.command("push-worker")

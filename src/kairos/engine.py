@@ -64,7 +64,8 @@ def records_from(events: Iterable[Event], now: float) -> list[EventRecord]:
     """Resolve timestamps (an event without one happened `now`)."""
     return [
         EventRecord(e.user_id, e.item_id, str(e.type),
-                    e.timestamp if e.timestamp is not None else now, e.value, e.context)
+                    e.timestamp if e.timestamp is not None else now, e.value,
+                    {**(e.context or {}), "request_id": e.request_id} if e.request_id else e.context)
         for e in events
     ]
 
@@ -418,23 +419,27 @@ class Engine:
         request_id: str | None = None,
         diversity: float = 0.0,
         apply_rules: bool = True,
+        weights: dict[str, float] | None = None,
+        ranker: bool = True,
     ) -> Recommendations:
-        """The served path: context, every weighted source, fusion, optional MMR
-        diversification on text embeddings, the list rules (`apply_rules`), and a reason
-        for each item."""
+        """The served path: context, every weighted source, fusion (or the learned
+        ranker over the sources' candidates), optional MMR diversification on text
+        embeddings, the list rules (`apply_rules`), and a reason for each item.
+        `weights` and `ranker` override what the service would use (an experiment's arm)."""
         with self._lock:
             ctx = self.user_context(user_id, category, exclude_seen)
-            weights = self.fusion_weights(ctx)
+            prior = weights is None and self.under_prior()
+            weights = weights if weights is not None else self.fusion_weights(ctx)
             depth = max(n * CANDIDATE_DEPTH, 50)
-            fused = self.fuse(ctx, weights, depth=depth, k=PRIOR_RRF_K if self.under_prior() else RRF_K)
-            if self.ranking is not None and self.settings.ranker != "off":
+            fused = self.fuse(ctx, weights, depth=depth, k=PRIOR_RRF_K if prior else RRF_K)
+            if ranker and self.ranking is not None and self.settings.ranker != "off":
                 fused = self.ranking.rescore(self.state, ctx, fused)
             if diversity > 0 and self.semantic is not None and self.semantic.index is not None:
                 chosen = self._diversify(fused.top(depth), n, diversity)
             else:
                 chosen = fused.top(n)
             chosen = self._cold_start_slots(chosen, fused, n)
-            if self.under_prior():
+            if prior:
                 chosen = new_arrival_slot(self.catalog, ctx, chosen, fused, self.settings.cold_start_min_similarity)
             if apply_rules:
                 for rule in self.list_rules:

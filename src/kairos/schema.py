@@ -122,6 +122,10 @@ class Event(BaseModel):
         default=None, validate_default=True, description="Required for `rating` (0.5-5)."
     )
     context: dict[str, Any] | None = None
+    request_id: str | None = Field(
+        default=None, min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$",
+        description="The recommendation response this event answers (its request_id): attribution "
+                    "for experiments. Stored in the event's context.")
 
     @field_validator("value")
     @classmethod
@@ -207,6 +211,8 @@ class Recommendations(BaseModel):
     model_version: str
     request_id: str
     sources: list[str] = Field(default_factory=list, description="Sources consulted for this request.")
+    experiment: str | None = Field(default=None, description="The running experiment this request is in.")
+    arm: str | None = Field(default=None, description="The user's arm of that experiment.")
 
 
 class SearchResults(BaseModel):

@@ -13,9 +13,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kairos import __version__
 from kairos.api.errors import error_body, install_error_handlers
+from kairos.api.experiments import experiments_router
 from kairos.api.metrics import ApiMetrics, RequestMiddleware
 from kairos.api.push import push_router
 from kairos.engine import Engine, NotFound
+from kairos.experiments.service import ExperimentService
 from kairos.push.metrics import OutboxCollector, PushMetrics
 from kairos.push.service import PushService
 from kairos.schema import (
@@ -118,6 +120,8 @@ def create_app(engine: Engine, manage_models: bool = True, push: bool | None = N
     if engine.settings.push_enabled if push is None else push:
         push_service = PushService(engine, metrics=PushMetrics(metrics.registry))
         metrics.registry.register(OutboxCollector(push_service.outbox))
+    experiments = ExperimentService(engine.store_path(), clock=engine.clock)
+    engine.listeners.add(experiments)  # attribution: events that name the list they answer
     llm_service = None
     if engine.settings.llm != "off":
         from kairos.llm.service import LlmService
@@ -132,6 +136,7 @@ def create_app(engine: Engine, manage_models: bool = True, push: bool | None = N
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        experiments.start()
         if manage_models:
             manager.start()
         if push_service is not None:
@@ -148,6 +153,8 @@ def create_app(engine: Engine, manage_models: bool = True, push: bool | None = N
             if push_service is not None:
                 push_service.stop()
                 push_service.close()
+            engine.listeners.remove(experiments)
+            experiments.close()
 
     app = FastAPI(
         title="Kairos",
@@ -159,6 +166,7 @@ def create_app(engine: Engine, manage_models: bool = True, push: bool | None = N
     app.state.models = manager
     app.state.push = push_service
     app.state.llm = llm_service
+    app.state.experiments = experiments
     app.state.metrics = metrics
     install_error_handlers(app)
     app.add_middleware(FormBodyAsJson)
@@ -244,10 +252,15 @@ def create_app(engine: Engine, manage_models: bool = True, push: bool | None = N
                                                    "written a grounded one already (never waited for); "
                                                    "the template reason otherwise.")] = False,
     ) -> Recommendations:
-        result = engine.recommend(
-            user_id, n, category=category, exclude_seen=exclude_seen,
-            request_id=request.state.request_id, diversity=diversity,
-        )
+        assignment = experiments.assignment(user_id)
+        options: dict[str, Any] = {"diversity": diversity,
+                                   **assignment.recommend_options(engine.settings.source_weights)}
+        result = engine.recommend(user_id, n, category=category, exclude_seen=exclude_seen,
+                                  request_id=request.state.request_id, **options)
+        if assignment.experiment is not None and assignment.arm is not None:
+            result.experiment, result.arm = assignment.experiment, assignment.arm
+            experiments.record_exposure(result.request_id, assignment.experiment, assignment.arm, user_id,
+                                        len(result.items))
         if explain and llm_service is not None:
             written = llm_service.explanations(user_id, [item.item_id for item in result.items])
             for item in result.items:
@@ -305,6 +318,7 @@ def create_app(engine: Engine, manage_models: bool = True, push: bool | None = N
     # -- push (api/push.py) ---------------------------------------------------------------
 
     app.include_router(push_router(max_n))
+    app.include_router(experiments_router())
 
     # -- operations -----------------------------------------------------------------------
 

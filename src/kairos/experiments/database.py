@@ -1,0 +1,76 @@
+"""Experiments' durable state: tables beside the engine's in the same SQLite database
+(one connection of its own, as push's; WAL lets it write beside the engine)."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS experiments (
+    id          TEXT PRIMARY KEY,
+    spec        TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    created_at  REAL NOT NULL,
+    stopped_at  REAL,
+    winner      TEXT
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS experiment_exposures (
+    request_id  TEXT PRIMARY KEY,
+    experiment  TEXT NOT NULL,
+    arm         TEXT NOT NULL,
+    user_id     TEXT NOT NULL,
+    impressions INTEGER NOT NULL,
+    ts          REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS experiment_exposures_by_arm ON experiment_exposures (experiment, arm, user_id);
+CREATE TABLE IF NOT EXISTS experiment_outcomes (
+    request_id  TEXT NOT NULL,
+    item_id     TEXT NOT NULL,
+    type        TEXT NOT NULL,
+    experiment  TEXT NOT NULL,
+    arm         TEXT NOT NULL,
+    user_id     TEXT NOT NULL,
+    ts          REAL NOT NULL,
+    PRIMARY KEY (request_id, item_id, type)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS experiment_outcomes_by_arm ON experiment_outcomes (experiment, arm, user_id);
+"""
+
+
+class ExperimentDatabase:
+    def __init__(self, path: str | Path, synchronous: str = "NORMAL") -> None:
+        self.path = Path(path)
+        self.lock = threading.RLock()
+        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute(f"PRAGMA synchronous={synchronous}")
+        self.db.execute("PRAGMA busy_timeout=30000")
+        with self.lock:
+            self.db.executescript(SCHEMA)
+
+    def query(self, sql: str, parameters: tuple[Any, ...] | list[Any] = ()) -> list[tuple[Any, ...]]:
+        with self.lock:
+            return self.db.execute(sql, parameters).fetchall()
+
+    def execute(self, sql: str, parameters: tuple[Any, ...] | list[Any] = ()) -> int:
+        with self.lock:
+            return self.db.execute(sql, parameters).rowcount
+
+    def insert_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        if not rows:
+            return
+        with self.lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                self.db.executemany(sql, rows)
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+
+    def close(self) -> None:
+        with self.lock:
+            self.db.close()
