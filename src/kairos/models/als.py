@@ -75,10 +75,10 @@ class AlsModel:
         matrix = sparse.csr_matrix((np.asarray(values, dtype=np.float32), (rows, cols)),
                                    shape=(max(len(users), 1), n_items))  # duplicates are summed
         matrix.data = 1.0 + config.alpha * matrix.data
-        solver = AlternatingLeastSquares(factors=config.factors, regularization=config.regularization,
-                                         alpha=1.0, iterations=config.iterations, num_threads=config.threads,
-                                         random_state=0)
         with threadpool_limits(1, "blas"):  # implicit's own threads, not BLAS's inside each of them
+            solver = AlternatingLeastSquares(factors=config.factors, regularization=config.regularization,
+                                             alpha=1.0, iterations=config.iterations, num_threads=config.threads,
+                                             random_state=0)
             solver.fit(matrix, show_progress=False)
         model = cls(np.ascontiguousarray(solver.item_factors, dtype=np.float32), config,
                     users=len(users), events=count, fit_seconds=time.perf_counter() - started)
@@ -110,8 +110,9 @@ class AlsModel:
         if self._solver is None:
             from implicit.cpu.als import AlternatingLeastSquares
 
-            solver = AlternatingLeastSquares(factors=self.config.factors, regularization=self.config.regularization,
-                                             alpha=1.0, num_threads=1)
+            with threadpool_limits(1, "blas"):
+                solver = AlternatingLeastSquares(factors=self.config.factors,
+                                                 regularization=self.config.regularization, alpha=1.0, num_threads=1)
             solver.item_factors = self.item_factors
             self._solver = solver
         return self._solver

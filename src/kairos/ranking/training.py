@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 TRAINING_DEPTH = 60  # candidates per source, as a served list of 20 asks (engine.CANDIDATE_DEPTH)
 VALID_SHARE = 0.2
+LEAVES = (3, 7, 15)  # tree sizes the held-out users choose between
 WEIGHT_GRID = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 
@@ -219,13 +220,21 @@ def train_ranking(inputs: RankingInputs, seed: int = 0, quiet: bool = True) -> R
             mode, weights = "fitted", fitted
     if examples.found >= settings.ranker_min_examples and n_valid:
         features, y, groups = train.stacked()
-        learned, rounds = LearnedRanker.fit(features, y, groups, valid.stacked(), settings.ranker_config)
-        held_out["learned"] = float(ndcg_at_10([learned.booster.predict(x, num_iteration=rounds)
-                                                for x in valid.features], valid.labels).mean())
-        report["rounds"] = rounds
+        # Capacity by held-out users: a few hundred examples want stumps, thousands more.
+        tried: dict[int, tuple[float, int]] = {}
+        for leaves in LEAVES:
+            params = {"num_leaves": leaves, **settings.ranker_config}
+            learned, rounds = LearnedRanker.fit(features, y, groups, valid.stacked(), params)
+            tried[leaves] = (float(ndcg_at_10([learned.booster.predict(x, num_iteration=rounds)
+                                               for x in valid.features], valid.labels).mean()), rounds)
+        leaves = max(tried, key=lambda k: tried[k][0])
+        held_out["learned"], rounds = tried[leaves]
+        report.update({"rounds": rounds, "num_leaves": leaves,
+                       "tried": {str(k): round(v, 4) for k, (v, _) in tried.items()}})
         if held_out["learned"] >= max(v for k, v in held_out.items() if k != "learned"):
             every = examples.stacked()
-            ranker, _ = LearnedRanker.fit(*every, params=settings.ranker_config, rounds=rounds)
+            ranker, _ = LearnedRanker.fit(*every, params={"num_leaves": leaves, **settings.ranker_config},
+                                          rounds=rounds)
             mode = "learned"
             report["importance"] = ranker.importance()
     # Served: the ALS fitted on the whole log (the rewound one saw less).
