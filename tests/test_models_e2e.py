@@ -102,6 +102,12 @@ def test_background_training_swaps_the_model_without_failing_a_request(server_fa
         assert "sequential" in served["sources"]
         assert any("sequential" in item["sources"] for item in served["items"])
         assert f'kairos_model_info{{model_version="online-1+{version}"}} 1.0' in client.get("/metrics").text
+        # Right after the behaviour model, a ranking model is trained for it and installed.
+        ranked = wait_for(lambda: (s := client.get("/v1/models").json())["ranking"]
+                          and s["ranking_training"]["state"] != "running" and s)
+        assert ranked["ranking"]["sequential_version"] == version
+        assert ranked["ranking_training"]["state"] == "succeeded" and ranked["training"]["version"] == version
+        assert ranked["ranking"]["mode"] in ("learned", "fitted", "configured")
 
 
 def test_kairos_train_publishes_and_a_running_server_picks_it_up(server_factory: Any, tmp_path: Path) -> None:

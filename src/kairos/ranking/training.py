@@ -10,7 +10,8 @@ transition prior, which does count them, is recounted without them.
 
 From the same examples come the three regimes of ranking/model.py: the LightGBM
 ranker (enough users), fusion weights fitted by coordinate ascent (a few), or the
-configured weights (too few); each is measured on held-out users and the best serves.
+configured weights (too few); each is measured on held-out users (5-fold
+cross-validation while examples are few) and the best serves.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 
 TRAINING_DEPTH = 60  # candidates per source, as a served list of 20 asks (engine.CANDIDATE_DEPTH)
 VALID_SHARE = 0.2
+CV_FOLDS = 5
+CV_BELOW = 2000  # examples: below this, regimes and tree sizes are chosen by 5-fold cross-validation
 LEAVES = (3, 7, 15)  # tree sizes the held-out users choose between
 WEIGHT_GRID = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
@@ -184,6 +187,23 @@ def fit_weights(examples: Examples, start: np.ndarray, rounds: int = 3) -> np.nd
     return weights
 
 
+def _folds(n: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train rows, held-out rows) pairs: 5-fold cross-validation while examples are few
+    (one 20% split chooses by noise there), one held-out share beyond CV_BELOW."""
+    if n < 2:
+        return []
+    order = np.random.default_rng(seed).permutation(n)
+    if n >= CV_BELOW:
+        cut = max(1, int(round(n * VALID_SHARE)))
+        return [(order[cut:], order[:cut])]
+    parts = np.array_split(order, min(CV_FOLDS, n))
+    return [(np.concatenate([q for j, q in enumerate(parts) if j != i]), part) for i, part in enumerate(parts)]
+
+
+def _mean(per_fold: list[np.ndarray]) -> float:
+    return float(np.concatenate(per_fold).mean())
+
+
 def train_ranking(inputs: RankingInputs, seed: int = 0, quiet: bool = True) -> RankingModel:
     """Rewind, collect examples, measure each regime on held-out users, keep the best."""
     from kairos.progress import progress
@@ -207,33 +227,35 @@ def train_ranking(inputs: RankingInputs, seed: int = 0, quiet: bool = True) -> R
                               "recall": round(examples.found / max(examples.users, 1), 4),
                               "exclude_seen": inputs.exclude_seen}
     mode, weights, ranker = "configured", configured, None
-    order = np.random.default_rng(seed).permutation(examples.found)
-    n_valid = max(1, int(round(examples.found * VALID_SHARE))) if examples.found >= 2 else 0
-    valid, train = examples.subset(order[:n_valid]), examples.subset(order[n_valid:])
+    folds = _folds(examples.found, seed)
     held_out: dict[str, float] = {}
-    if n_valid:
-        held_out["configured"] = float(fusion_ndcg(valid, configured).mean())
-    if examples.found >= settings.fusion_fit_min_examples and n_valid:
-        fitted = fit_weights(train, configured)
-        held_out["fitted"] = float(fusion_ndcg(valid, fitted).mean())
+    n_valid = sum(len(valid) for _, valid in folds)
+    if folds:
+        held_out["configured"] = _mean([fusion_ndcg(examples.subset(v), configured) for _, v in folds])
+    if examples.found >= settings.fusion_fit_min_examples and folds:
+        held_out["fitted"] = _mean([fusion_ndcg(examples.subset(v), fit_weights(examples.subset(t), configured))
+                                    for t, v in folds])
         if held_out["fitted"] > held_out["configured"]:
-            mode, weights = "fitted", fitted
-    if examples.found >= settings.ranker_min_examples and n_valid:
-        features, y, groups = train.stacked()
+            mode, weights = "fitted", fit_weights(examples, configured)
+    if examples.found >= settings.ranker_min_examples and folds:
         # Capacity by held-out users: a few hundred examples want stumps, thousands more.
         tried: dict[int, tuple[float, int]] = {}
         for leaves in LEAVES:
             params = {"num_leaves": leaves, **settings.ranker_config}
-            learned, rounds = LearnedRanker.fit(features, y, groups, valid.stacked(), params)
-            tried[leaves] = (float(ndcg_at_10([learned.booster.predict(x, num_iteration=rounds)
-                                               for x in valid.features], valid.labels).mean()), rounds)
+            scores, rounds_seen = [], []
+            for t, v in folds:
+                train, valid = examples.subset(t), examples.subset(v)
+                learned, rounds = LearnedRanker.fit(*train.stacked(), valid.stacked(), params)
+                scores.append(ndcg_at_10([learned.booster.predict(x, num_iteration=rounds)
+                                          for x in valid.features], valid.labels))
+                rounds_seen.append(rounds)
+            tried[leaves] = (_mean(scores), int(np.median(rounds_seen)))
         leaves = max(tried, key=lambda k: tried[k][0])
         held_out["learned"], rounds = tried[leaves]
-        report.update({"rounds": rounds, "num_leaves": leaves,
+        report.update({"rounds": rounds, "num_leaves": leaves, "folds": len(folds),
                        "tried": {str(k): round(v, 4) for k, (v, _) in tried.items()}})
         if held_out["learned"] >= max(v for k, v in held_out.items() if k != "learned"):
-            every = examples.stacked()
-            ranker, _ = LearnedRanker.fit(*every, params={"num_leaves": leaves, **settings.ranker_config},
+            ranker, _ = LearnedRanker.fit(*examples.stacked(), params={"num_leaves": leaves, **settings.ranker_config},
                                           rounds=rounds)
             mode = "learned"
             report["importance"] = ranker.importance()

@@ -69,7 +69,8 @@ class ModelManager:
         self.poll_s = poll_s if poll_s is not None else self.settings.model_poll_s
         self._lock = threading.Lock()
         self._process: subprocess.Popen[str] | None = None
-        self.job: TrainingJob | None = None
+        self.job: TrainingJob | None = None  # the latest behaviour-model job
+        self.ranking_job: TrainingJob | None = None  # the latest ranking job (after each behaviour model)
         self._jobs = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -103,7 +104,8 @@ class ModelManager:
         """Start a background training run; TrainingInProgress if one is running."""
         with self._lock:
             if self._process is not None and self._process.poll() is None:
-                raise TrainingInProgress(f"training job {self.job.id if self.job else '?'} is still running")
+                running = self.ranking_job if self.ranking_job and self.ranking_job.state == "running" else self.job
+                raise TrainingInProgress(f"training job {running.id if running else '?'} is still running")
             self._jobs += 1
             job = TrainingJob(self._jobs, reason, model)
             command = [sys.executable, "-m", "kairos", "train", "--db", str(self.engine.store_path()),
@@ -115,7 +117,10 @@ class ModelManager:
                 preexec_fn=_lower_priority if os.name == "posix" else None,  # noqa: PLW1509
             )
             job.pid = self._process.pid
-            self.job = job
+            if model == "ranker":
+                self.ranking_job = job
+            else:
+                self.job = job
             threading.Thread(target=self._watch, args=(job, self._process), name="kairos-training",
                              daemon=True).start()
         log.info("training job %d started (%s), pid %d", job.id, reason, job.pid)
@@ -149,7 +154,7 @@ class ModelManager:
 
     @property
     def training(self) -> bool:
-        return self.job is not None and self.job.state == "running"
+        return any(job is not None and job.state == "running" for job in (self.job, self.ranking_job))
 
     # -- following the registry -----------------------------------------------------------
 
@@ -186,8 +191,8 @@ class ModelManager:
         engine = self.engine
         if self.settings.ranker == "off" or engine.registered is None or self.training:
             return False
-        if self.job is not None and self.job.model == "ranker" and self.job.state == "failed" \
-                and self._failed_recently():
+        if self.ranking_job is not None and self.ranking_job.state == "failed" \
+                and self._failed_recently(self.ranking_job):
             return False
         ranking = engine.ranking
         return ranking is None or ranking.sequential_version != engine.sequential_version
@@ -195,7 +200,7 @@ class ModelManager:
     def due(self) -> str | None:
         """Why a background training should start now, or None."""
         settings = self.settings
-        if self.training or self.job is not None and self.job.state == "failed" and self._failed_recently():
+        if self.training or self.job is not None and self.job.state == "failed" and self._failed_recently(self.job):
             return None
         events = self.engine.state.events_applied
         registered = self.engine.registered
@@ -212,11 +217,11 @@ class ModelManager:
             return "retrain interval"
         return None
 
-    def _failed_recently(self) -> bool:
+    def _failed_recently(self, job: TrainingJob) -> bool:
         """After a failure, wait an interval (or an hour) before trying on our own again."""
-        assert self.job is not None and self.job.finished_at is not None
+        assert job.finished_at is not None
         wait = self.settings.sequential_retrain_interval_s or 3600.0
-        return time.time() - datetime.fromisoformat(self.job.finished_at).timestamp() < wait
+        return time.time() - datetime.fromisoformat(job.finished_at).timestamp() < wait
 
     def status(self) -> dict[str, Any]:
         registered = self.engine.registered
@@ -228,6 +233,7 @@ class ModelManager:
             },
             "ranking": self.engine.ranking.describe() if self.engine.ranking is not None else None,
             "training": self.job.to_json() if self.job is not None else None,
+            "ranking_training": self.ranking_job.to_json() if self.ranking_job is not None else None,
             "versions": self.engine.model_registry().versions(),
         }
 
