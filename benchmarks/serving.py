@@ -122,6 +122,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep-db", action="store_true", help="Keep the temporary database.")
     parser.add_argument("--behaviour-model", action="store_true",
                         help="Train the behaviour model (kairos train) before the server starts.")
+    parser.add_argument("--ranker", action="store_true",
+                        help="Also train the ranking model (kairos train --model ranker); implies "
+                             "--behaviour-model.")
+    parser.add_argument("--compare-ranker", action="store_true",
+                        help="Before ingesting, measure recommendations with the ranking model on and "
+                             "with KAIROS_RANKER=off, over the same database; implies --ranker.")
     parser.add_argument("--train-set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="kairos train --set overrides (the cost of a request does not depend "
                              "on how long the model trained).")
@@ -129,6 +135,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.ingest_events is None:
         args.ingest_events = min(200_000, max(INGEST_BATCH, args.events // 5))
     args.levels = [int(level) for level in args.levels.split(",")]
+    args.ranker = args.ranker or args.compare_ranker
+    args.behaviour_model = args.behaviour_model or args.ranker
     return args
 
 
@@ -366,8 +374,42 @@ def train_behaviour_model(prepared: Prepared, overrides: list[str]) -> dict[str,
             "seconds": round(time.perf_counter() - started, 1)}
 
 
+def train_ranking_model(prepared: Prepared) -> dict[str, Any]:
+    """`kairos train --model ranker` beside the behaviour model just trained."""
+    command = [*kairos_command(), "train", "--db", str(prepared.db_path), "--model", "ranker", "--json"]
+    finished = subprocess.run(command, capture_output=True, text=True, check=True)
+    published = [json.loads(line) for line in finished.stdout.splitlines() if line.startswith('{"published"')]
+    if not published:
+        raise RuntimeError(f"kairos train --model ranker published nothing:\n{finished.stderr[-2000:]}")
+    summary = {"version": published[-1]["published"], **published[-1]["ranking"]}
+    print(f"[{prepared.dataset}] ranking model {summary['version']}: {summary['mode']}", flush=True)
+    return summary
+
+
+def ranker_comparison(prepared: Prepared, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """The recommendation levels with the ranking model served and with KAIROS_RANKER=off,
+    one fresh server each over the same database (nothing ingested in between)."""
+    measured: dict[str, Any] = {}
+    for label, env in (("ranker_on", {}), ("ranker_off", {"KAIROS_RANKER": "off"})):
+        server = Server(prepared.db_path, workdir / f"{prepared.dataset}-{label}.log", env=env)
+        try:
+            server.wait_healthy(args.startup_timeout)
+            ranking = httpx.get(f"{server.url}/v1/models", timeout=10.0).json().get("ranking")
+            levels = recommend_phase(server, prepared.user_ids, args.levels, args.duration,
+                                     args.max_requests, args.seed)
+        finally:
+            server.stop()
+        measured[label] = {"ranking_mode": (ranking or {}).get("mode") if env == {} else "off",
+                           "recommendations": levels}
+        print(f"[{prepared.dataset}] {label}: " + ", ".join(
+            f"{r['clients']} clients p50 {r['p50_ms']:.1f} ms p99 {r['p99_ms']:.1f} ms" for r in levels), flush=True)
+    return measured
+
+
 def benchmark(prepared: Prepared, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     model = train_behaviour_model(prepared, args.train_set) if args.behaviour_model else None
+    ranking = train_ranking_model(prepared) if args.ranker else None
+    comparison = ranker_comparison(prepared, args, workdir) if args.compare_ranker else None
     server_started = time.perf_counter()
     server = Server(prepared.db_path, workdir / f"{prepared.dataset}-server.log")
     try:
@@ -390,6 +432,8 @@ def benchmark(prepared: Prepared, args: argparse.Namespace, workdir: Path) -> di
         "dataset": prepared.dataset,
         "model_version": served,
         "behaviour_model": model,
+        "ranking_model": ranking,
+        "ranker_comparison": comparison,
         "counts_imported": prepared.counts,
         "counts_after_ingest": _counts(after),
         "generate_seconds": round(prepared.generate_seconds, 2),
@@ -432,6 +476,17 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{r['p99_ms']:.2f} | {r['max_ms']:.1f} | "
                      f"{_ms(r['server_cpu_ms_per_request'])} | "
                      f"{_ms(r['client_cpu_ms_per_request'])} |")
+    comparison = result.get("ranker_comparison")
+    if comparison:
+        lines += ["", f"Ranking model {comparison['ranker_on']['ranking_mode']} against KAIROS_RANKER=off "
+                  "(before the ingest phase):", "",
+                  "| clients | on req/s | on p50 ms | on p99 ms | off req/s | off p50 ms | off p99 ms |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for on, off in zip(comparison["ranker_on"]["recommendations"],
+                           comparison["ranker_off"]["recommendations"], strict=True):
+            lines.append(f"| {on['clients']} | {on['throughput_rps']:,.0f} | {on['p50_ms']:.2f} | "
+                         f"{on['p99_ms']:.2f} | {off['throughput_rps']:,.0f} | {off['p50_ms']:.2f} | "
+                         f"{off['p99_ms']:.2f} |")
     if at_8:
         lines += ["", f"Target p99 ≤ {TARGETS['recommend_p99_ms_at_8']:.0f} ms at 8 clients: "
                   f"{'met' if at_8['p99_ms'] <= TARGETS['recommend_p99_ms_at_8'] else 'missed'}"
@@ -485,7 +540,8 @@ def main(argv: list[str] | None = None) -> int:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(document, indent=2) + "\n")
             print(f"results written to {out}")
-            if any(r["errors"] for r in result["recommendations"]):
+            compared = [r for side in (result["ranker_comparison"] or {}).values() for r in side["recommendations"]]
+            if any(r["errors"] for r in result["recommendations"] + compared):
                 status = 1
     finally:
         if args.keep_db:
