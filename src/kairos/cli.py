@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,6 +26,8 @@ app.add_typer(push_app, name="push")
 experiments_app = typer.Typer(help="A/B experiments on the served list, through the running server.",
                               no_args_is_help=True)
 app.add_typer(experiments_app, name="experiments")
+keys_app = typer.Typer(help="API keys: create (shown once, stored hashed), list, revoke.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 console = Console()
 
 DbOption = Annotated[
@@ -86,7 +89,22 @@ def _serve(engine: Engine, host: str, port: int) -> None:
         f"{stats['events']:,} events (state rebuilt in {stats['rebuild_seconds']:.1f}s) "
         f"on http://{host}:{port}  (API docs: http://{host}:{port}/docs)"
     )
-    uvicorn.run(create_app(engine), host=host, port=port, log_level="warning")
+    if not _keys_configured(engine.settings) and host not in LOOPBACK:
+        logging.getLogger("kairos").warning(
+            "serving on %s without API keys: anyone who reaches it may write events and delete users "
+            "(set KAIROS_API_KEYS or run `kairos keys create`)", host)
+    from kairos.api.protocol import http_protocol
+
+    uvicorn.run(create_app(engine), host=host, port=port, log_level="warning", http=http_protocol())
+
+
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def _keys_configured(settings: Settings) -> bool:
+    from kairos.api.auth import KeyFile
+
+    return bool(settings.api_keys.strip()) or KeyFile(settings.keys_path()).exists
 
 
 @app.command()
@@ -500,7 +518,8 @@ def _api(url: str | None) -> Any:
 
     settings = Settings()
     base = url or f"http://{settings.host}:{settings.port}"
-    return httpx.Client(base_url=base, timeout=30.0)
+    key = os.environ.get("KAIROS_API_KEY")  # the key this command line calls with, if the server wants one
+    return httpx.Client(base_url=base, timeout=30.0, headers={"Authorization": f"Bearer {key}"} if key else None)
 
 
 def _call(client: Any, method: str, path: str, **kwargs: Any) -> Any:
@@ -739,3 +758,55 @@ def main() -> None:
 
 
 __all__ = ["app", "main"]
+
+
+# -- keys ----------------------------------------------------------------------------------
+
+
+@keys_app.command("create")
+def keys_create(
+    scope: Annotated[str, typer.Option("--scope", help="read, ingest, admin, or several joined by '+'.")],
+    name: Annotated[str, typer.Option(help="What the key is for (shown by `kairos keys list`).")] = "",
+    db: DbOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the key and its row as JSON.")] = False,
+) -> None:
+    """Create an API key. It is printed once; only its SHA-256 is stored (KAIROS_KEYS_FILE,
+    default <db>.keys.json), and a running server accepts it within a second."""
+    import json
+
+    from kairos.api.auth import KeyFile
+
+    try:
+        key, row = KeyFile(_settings(db).keys_path()).create(scope, name)
+    except ValueError as error:
+        raise _fail(error) from None
+    if as_json:
+        typer.echo(json.dumps({"key": key, **{k: v for k, v in row.items() if k != "sha256"}}))
+        return
+    console.print(f"[green]created[/] key {row['id']} ({'+'.join(row['scopes'])}); it is not shown again:")
+    typer.echo(key)
+
+
+@keys_app.command("list")
+def keys_list(db: DbOption = None) -> None:
+    """The stored keys: id, scopes, name, creation time (never the keys)."""
+    import datetime
+
+    from kairos.api.auth import KeyFile
+
+    table = Table("id", "scopes", "name", "created")
+    for row in KeyFile(_settings(db).keys_path()).rows():
+        created = datetime.datetime.fromtimestamp(row["created_at"], datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        table.add_row(row["id"], "+".join(row["scopes"]), row.get("name", ""), created)
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The id `kairos keys list` shows.")],
+                db: DbOption = None) -> None:
+    """Revoke a stored key; a running server refuses it within a second."""
+    from kairos.api.auth import KeyFile
+
+    if not KeyFile(_settings(db).keys_path()).revoke(key_id):
+        raise _fail(ValueError(f"no stored key has the id {key_id!r}"))
+    console.print(f"[green]revoked[/] {key_id}")

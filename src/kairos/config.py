@@ -49,6 +49,24 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
 
+    # Locked doors (kairos.api.auth, kairos.api.limits; docs/security.md)
+    api_keys: str = Field(
+        default="", repr=False, description="API keys as comma-separated scope:key pairs, scopes joined by '+' "
+        "(read, ingest, admin), e.g. 'read+ingest:k1,admin:k2'. With neither these nor the key file, every "
+        "route is open.")
+    keys_file: Path | None = Field(
+        default=None, description="Hashed keys of `kairos keys create`; default: <db_path>.keys.json.")
+    rate_limit: float = Field(
+        default=0.0, ge=0, description="Requests a second per API key (per client address without keys); 0: off.")
+    rate_burst: float | None = Field(
+        default=None, ge=1, description="Requests a key may save up beyond rate_limit; default: 2 s worth.")
+    user_event_rate_limit: float = Field(
+        default=0.0, ge=0, description="Events a second per user, beyond which a batch gets 429; 0: off.")
+    user_event_burst: float | None = Field(
+        default=None, ge=1, description="Events a user may save up; default: 10 s worth (at least 100).")
+    max_body_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1024, description="Largest request body; beyond it 413.")
+
     # Online state
     sequence_length: int = Field(default=200, ge=1, description="Recent events kept per user.")
     popularity_half_life_s: float = Field(
@@ -273,6 +291,10 @@ class Settings(BaseSettings):
                 return self.rating_negative_weight
             return self.rating_neutral_weight
         return self.event_weights.get(event_type, 0.0)
+
+    def keys_path(self) -> Path:
+        """Where `kairos keys create` keeps its hashed keys."""
+        return self.keys_file or self.db_path.with_name(self.db_path.name + ".keys.json")
 
 
 class _TomlSource(PydanticBaseSettingsSource):

@@ -5,16 +5,27 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
-from fastapi import Body, Depends, FastAPI, Path, Query, Request
+from fastapi import Body, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kairos import __version__
-from kairos.api.errors import error_body, install_error_handlers
+from kairos.api.auth import AuthMiddleware, KeyFile, parse_keys
+from kairos.api.auth.middleware import Authenticator
+from kairos.api.errors import UnexpectedErrors, error_body, install_error_handlers
 from kairos.api.experiments import experiments_router
+from kairos.api.limits import (
+    BodySizeLimit,
+    RequestRateLimit,
+    TokenBuckets,
+    UrlLengthLimit,
+    UserEventLimit,
+    UserEventsLimited,
+)
 from kairos.api.metrics import ApiMetrics, RequestMiddleware
+from kairos.api.paths import ItemId, UserId
 from kairos.api.push import push_router
 from kairos.engine import Engine, NotFound
 from kairos.experiments.service import ExperimentService
@@ -34,9 +45,6 @@ from kairos.schema import (
 from kairos.store import ItemRecord
 from kairos.training.background import ModelManager, TrainingInProgress
 from kairos.training.pipeline import check_overrides
-
-ItemId = Annotated[str, Path(min_length=1, max_length=256)]
-UserId = Annotated[str, Path(min_length=1, max_length=256)]
 
 
 def get_engine(request: Request) -> Engine:
@@ -169,7 +177,28 @@ def create_app(engine: Engine, manage_models: bool = True, push: bool | None = N
     app.state.experiments = experiments
     app.state.metrics = metrics
     install_error_handlers(app)
+    settings = engine.settings
+    user_events = (UserEventLimit(settings.user_event_rate_limit, settings.user_event_burst
+                                  or max(100.0, 10 * settings.user_event_rate_limit))
+                   if settings.user_event_rate_limit > 0 else None)
+
+    @app.exception_handler(UserEventsLimited)
+    async def _user_flood(request: Request, exc: UserEventsLimited) -> JSONResponse:
+        users = sorted(exc.waits)
+        return JSONResponse(error_body("rate_limited", str(exc), {"users": users[:100], "limit_per_second": exc.rate}),
+                            status_code=429, headers={"Retry-After": str(exc.retry_after)})
+
+    # Outermost last: metrics and request ids see every answer, then the URL, the key,
+    # the caller's rate and the body's size are checked before any work is done.
+    app.add_middleware(UnexpectedErrors)
     app.add_middleware(FormBodyAsJson)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    if settings.rate_limit > 0:
+        app.add_middleware(RequestRateLimit, buckets=TokenBuckets(
+            settings.rate_limit, settings.rate_burst or max(1.0, 2 * settings.rate_limit)))
+    app.add_middleware(AuthMiddleware, authenticator=Authenticator(parse_keys(settings.api_keys),
+                                                                   KeyFile(settings.keys_path())))
+    app.add_middleware(UrlLengthLimit)
     app.add_middleware(RequestMiddleware, metrics=metrics)
 
     max_n = engine.settings.max_n
@@ -180,6 +209,8 @@ def create_app(engine: Engine, manage_models: bool = True, push: bool | None = N
     def post_events(batch: EventBatch, engine: EngineDep) -> Accepted:
         """Store a batch of events durably and update online state. All or nothing: one
         invalid event rejects the batch with 422 naming its index and field."""
+        if user_events is not None:
+            user_events.take(event.user_id for event in batch.events)
         accepted = engine.ingest(batch.events)
         for event in batch.events:
             metrics.events.labels(event.type.value).inc()

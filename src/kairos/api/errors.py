@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kairos.engine import FeatureDisabled, NotFound
 
@@ -88,10 +89,40 @@ def install_error_handlers(app: FastAPI) -> None:
             error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
         )
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(
-            error_body("internal_error", "internal error; the server log has the details"),
-            status_code=500,
-        )
+
+def loggable(text: str, limit: int = 200) -> str:
+    """A caller's text as it may enter a log line: control characters escaped (no forged
+    lines), cut to `limit` characters."""
+    escaped = text.encode("unicode_escape").decode("ascii")
+    return escaped if len(escaped) <= limit else escaped[:limit] + "..."
+
+
+class UnexpectedErrors:
+    """A bug answers a JSON 500 and logs one traceback, with the path escaped. (An
+    `Exception` handler would not do: Starlette re-raises after it, so the server logs
+    the traceback a second time.)"""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception:
+            log.exception("unhandled error on %s %s", scope["method"], loggable(scope["path"]))
+            if started:
+                return  # the answer is under way: the client sees a cut response
+            response = JSONResponse(error_body("internal_error", "internal error; the server log has the details"),
+                                    status_code=500)
+            await response(scope, receive, send)

@@ -5,13 +5,14 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Depends, Path, Query, Request
+from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sse_starlette.sse import EventSourceResponse
 
 from kairos.api.errors import error_body
+from kairos.api.paths import PathId, UserId
 from kairos.engine import Engine, FeatureDisabled, NotFound
 from kairos.push.schema import (
     Campaign,
@@ -27,7 +28,6 @@ from kairos.push.schema import (
 )
 from kairos.push.service import NotDelivered, PushService
 
-UserId = Annotated[str, Path(min_length=1, max_length=256)]
 CAMPAIGN_WAIT_S = 10.0  # how long POST /v1/push/campaigns waits for the audience to be decided
 STREAM_PING_S = 15
 
@@ -114,7 +114,7 @@ def push_router(max_n: int) -> APIRouter:
         return push.campaigns(limit)
 
     @router.get("/v1/push/campaigns/{campaign_id}", response_model=Campaign, tags=["push"])
-    def get_campaign(campaign_id: Annotated[str, Path(min_length=1, max_length=256)], push: PushDep) -> Campaign:
+    def get_campaign(campaign_id: PathId, push: PushDep) -> Campaign:
         """Counts by status and by suppression reason, opens and clicks."""
         campaign = push.campaign(campaign_id)
         if campaign is None:
@@ -148,7 +148,7 @@ def push_router(max_n: int) -> APIRouter:
         return NotificationList(user_id=user_id, notifications=push.notifications(user_id, chosen, limit))
 
     @router.post("/v1/notifications/{notification_id}/feedback", response_model=Notification, tags=["push"])
-    def feedback(notification_id: Annotated[str, Path(min_length=1, max_length=256)], body: Feedback,
+    def feedback(notification_id: PathId, body: Feedback,
                  push: PushDep) -> Any:
         """opened, clicked or dismissed: stamped on the notification and recorded as an event
         (push_open, push_click, push_dismiss) so the models learn from it. Repeating an
