@@ -41,6 +41,13 @@ def test_leave_one_out_never_shows_a_users_held_out_events() -> None:
         assert target not in mine
         assert all(e.timestamp < target.timestamp for e in mine)
         assert engine.state.users[target.user_id].recent[-1].timestamp < target.timestamp
+        # Item dates come from visible events only: a dataset's own dates (first rating
+        # over the whole log) would point at the held-out targets.
+        visible = stored(engine)
+        index = engine.catalog.index[target.item_id]
+        first = min((e.timestamp for e in visible if e.item_id == target.item_id),
+                    default=max(e.timestamp for e in visible))
+        assert engine.catalog.created_at[index] == first
 
     result = leave_one_out(data, ["popular", "covisit"], mask_history=True, quiet=True, audit=audit)
     assert result.users == len(targets) == 30

@@ -13,7 +13,7 @@ import json
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -206,7 +206,7 @@ def leave_one_out(
         settings = offline_settings(Path(scratch) / "loo.db")
         clock = SimulatedClock(train[-1].timestamp if train else 0.0)
         engine = Engine(settings, clock=clock)
-        engine.upsert_items(_items_as_models(data))
+        engine.upsert_items(_items_as_models(data, train))
         for start in range(0, len(train), 10_000):
             engine.ingest_records(train[start : start + 10_000])
         key = ("loo", data.name, data.fingerprint(), split, str(cold_share), str(seed))
@@ -353,14 +353,27 @@ def _llm_service(engine: Engine, model: Any, name: str, result: LooResult) -> An
     return service
 
 
-def _items_as_models(data: EvalData) -> list[Any]:
+def _items_as_models(data: EvalData, visible: Sequence[EventRecord]) -> list[Any]:
+    """The catalogue the engine ranks, each item dated by its first event the engine sees.
+
+    Offline datasets have no arrival dates: MovieLens's are first ratings over the whole
+    log, held-out targets included, and UniSRec's are the item file's order (by first
+    appearance). Either would tell the `fresh` source and the ranker's item age which
+    items the held-out events go to. An item with no visible event arrives at the last
+    visible moment, like every other such item, so its date says nothing either."""
     from kairos.schema import Item
 
     # The universe ranked against: items with at least one event after filtering.
     present = {e.item_id for e in data.events}
+    first: dict[str, float] = {}
+    latest = 0.0
+    for event in visible:
+        if event.timestamp < first.get(event.item_id, float("inf")):
+            first[event.item_id] = event.timestamp
+        latest = max(latest, event.timestamp)
     return [
         Item(item_id=i.item_id, title=i.title, text=i.text, categories=i.categories,
-             attributes=i.attributes, created_at=i.created_at, available=True)
+             attributes=i.attributes, created_at=first.get(i.item_id, latest), available=True)
         for i in data.items if i.item_id in present
     ]
 

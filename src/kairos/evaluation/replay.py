@@ -63,9 +63,9 @@ def _engine_at_cut(data: EvalData, cut: float, scratch: str, decay: bool,
     """An engine at simulated time `cut` holding `train` (default: every event before it)."""
     clock = SimulatedClock(cut)
     engine = Engine(stream_settings(Path(scratch) / "stream.db", decay), clock=clock)
-    engine.upsert_items(_items_as_models(data))
     if train is None:
         train = [e for e in data.events if e.timestamp < cut]
+    engine.upsert_items(_items_as_models(data, train))
     for start in range(0, len(train), 10_000):
         engine.ingest_records(train[start : start + 10_000])
     return engine, clock
