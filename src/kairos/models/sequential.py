@@ -1231,4 +1231,4 @@ def train_sequential(
         weights.update(name.encode() + tensor.numpy().tobytes())
     version = f"seqrec-{created:%Y%m%dT%H%M%S}-{weights.hexdigest()[:8]}"
     return TrainedModel(module, config, event_types, metrics, seconds, data_fingerprint,
-                        created.isoformat(timespec="seconds"), version)
+                        created.isoformat(timespec="microseconds"), version)  # the registry sorts by it

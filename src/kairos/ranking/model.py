@@ -70,7 +70,8 @@ class RankingModel:
 def new_version() -> str:
     from datetime import datetime, timezone
 
-    return datetime.now(timezone.utc).strftime("rank-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
+    # Microseconds: names sort by age, and the registry keeps the newest by name.
+    return datetime.now(timezone.utc).strftime("rank-%Y%m%d-%H%M%S-%f-") + uuid.uuid4().hex[:4]
 
 
 class RankingRegistry:
