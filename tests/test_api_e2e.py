@@ -127,7 +127,7 @@ def test_errors_are_json_and_never_500(server_factory: Any) -> None:
             (client.get("/v1/recommendations/u1", params={"n": 0}), 422, "validation_error"),
             (client.get("/v1/recommendations/u1", params={"n": "ten"}), 422, "validation_error"),
             (client.post("/v1/events", content=b"{not json", headers={"content-type": "application/json"}),
-             422, "validation_error"),
+             400, "invalid_json"),
             (client.put("/v1/items/x", json={"title": "t", "categories": "shoes"}), 422, "validation_error"),
             (client.put("/v1/items/x", json={"text": "x" * 40_000}), 422, "validation_error"),
             (client.put("/v1/users/u1", json={"text": 5}), 422, "validation_error"),

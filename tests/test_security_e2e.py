@@ -187,3 +187,53 @@ def raw_get(port: int, target: str) -> tuple[int, str]:
             data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
     return int(head.split()[1]), body.decode()
+
+
+EXPECTED = {"traversal path id": 404, "deeply nested context": 400, "invalid JSON": 400,
+            "XML body": 415, "multipart body": 415}
+
+
+def test_hostile_inputs_each_get_a_clear_4xx_and_change_nothing(server_factory: Any) -> None:
+    """The issue's list of hostile inputs, as an outside client would send them."""
+    server = server_factory()
+    one = {"user_id": "u1", "item_id": "sku-1", "type": "click", "timestamp": T0}
+    nested = '{"k": ' * 2_000 + '"deep"' + "}" * 2_000  # past any JSON parser's recursion limit
+    cases: list[tuple[str, str, str, dict[str, Any]]] = [
+        # (label, method, path, request keywords)
+        ("10,001-event batch", "POST", "/v1/events", {"json": events("u1", 10_001)}),
+        ("1 MB title", "PUT", "/v1/items/sku-1", {"json": {"title": "x" * 1_000_000}}),
+        ("1 MB id", "POST", "/v1/events", {"json": {"events": [{**one, "user_id": "u" * 1_000_000}]}}),
+        ("1 MB context", "POST", "/v1/events", {"json": {"events": [{**one, "context": {"note": "x" * 1_000_000}}]}}),
+        ("NaN value", "POST", "/v1/events",
+         {"content": b'{"events": [{"user_id": "u1", "item_id": "i", "type": "rating", "value": NaN}]}'}),
+        ("Infinity timestamp", "POST", "/v1/events",
+         {"content": b'{"events": [{"user_id": "u1", "item_id": "i", "type": "click", "timestamp": Infinity}]}'}),
+        ("NaN in context", "POST", "/v1/events",
+         {"content": b'{"events": [{"user_id": "u1", "item_id": "i", "type": "click", "context": {"x": NaN}}]}'}),
+        ("NUL in body id", "POST", "/v1/events", {"json": {"events": [{**one, "item_id": "a\x00b"}]}}),
+        ("control character in path id", "PUT", "/v1/items/a%1Bb", {"json": {"title": "x"}}),
+        ("dot-segment path id", "PUT", "/v1/items/%2E%2E", {"json": {"title": "x"}}),
+        ("traversal path id", "PUT", "/v1/items/..%2F..%2Fetc%2Fpasswd", {"json": {"title": "x"}}),
+        ("dot-segment body id", "POST", "/v1/items", {"json": {"items": [{"item_id": "..", "title": "x"}]}}),
+        ("deeply nested context", "POST", "/v1/events",
+         {"content": ('{"events": [{"user_id": "u1", "item_id": "i", "type": "click", "context": %s}]}'
+                      % nested).encode()}),
+        ("invalid JSON", "POST", "/v1/events", {"content": b'{"events": [{"user_id": '}),
+        ("not an object", "POST", "/v1/events", {"content": b'[1, 2, 3]'}),
+        ("XML body", "POST", "/v1/events", {"content": b"<events/>", "headers": {"content-type": "application/xml"}}),
+        ("multipart body", "PUT", "/v1/items/sku-1", {"files": {"f": ("a.txt", b"title")}}),
+    ]
+    with server.client() as client:
+        for label, method, path, request in cases:
+            if "content" in request and "headers" not in request:
+                request = {**request, "headers": {"content-type": "application/json"}}
+            response = client.request(method, path, **request)
+            assert 400 <= response.status_code < 500, (label, response.status_code, response.text[:300])
+            error = response.json()["error"]
+            assert error["code"] and error["message"], label
+            if response.status_code == 422:  # names the field, e.g. "events[0].context: ..."
+                assert error["details"][0]["field"] in error["message"], (label, error)
+            assert response.status_code == EXPECTED.get(label, 422), (label, response.status_code, error)
+            assert len(response.content) < 20_000, (label, "an error body must not echo the input")
+        health = httpx.get(f"{server.url}/healthz").json()
+        assert health["events"] == 0 and health["items"] == 0 and health["users"] == 0

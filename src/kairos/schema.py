@@ -7,6 +7,7 @@ everywhere, before anything is stored.
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import datetime, timezone
 from enum import StrEnum
@@ -24,6 +25,7 @@ from pydantic import (
 
 MAX_ID_LENGTH = 256
 MAX_TEXT_BYTES = 32 * 1024
+MAX_CONTEXT_BYTES = 16 * 1024
 MAX_BATCH_EVENTS = 10_000
 MAX_BATCH_ITEMS = 10_000
 # Epoch seconds above this are almost surely milliseconds (it is the year 5138).
@@ -60,6 +62,9 @@ def _check_id(value: str) -> str:
         raise ValueError(f"must be at most {MAX_ID_LENGTH} characters, got {len(value)}")
     if not value.isprintable():
         raise ValueError("must be printable text (no control characters or line breaks)")
+    if value in (".", ".."):
+        # URL dot-segments: clients and proxies collapse /v1/items/.. before it arrives.
+        raise ValueError("must not be '.' or '..' (an id a URL cannot address)")
     return value
 
 
@@ -126,6 +131,21 @@ class Event(BaseModel):
         default=None, min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$",
         description="The recommendation response this event answers (its request_id): attribution "
                     "for experiments. Stored in the event's context.")
+
+    @field_validator("context")
+    @classmethod
+    def _check_context(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return value
+        try:
+            size = len(json.dumps(value, allow_nan=False, separators=(",", ":")).encode("utf-8"))
+        except ValueError:
+            raise ValueError("must hold finite numbers only (no NaN or Infinity)") from None
+        except RecursionError:
+            raise ValueError("is nested too deeply") from None
+        if size > MAX_CONTEXT_BYTES:
+            raise ValueError(f"must be at most {MAX_CONTEXT_BYTES} bytes as JSON, got {size}")
+        return value
 
     @field_validator("value")
     @classmethod

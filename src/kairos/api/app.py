@@ -9,11 +9,11 @@ from fastapi import Body, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kairos import __version__
 from kairos.api.auth import AuthMiddleware, KeyFile, parse_keys
 from kairos.api.auth.middleware import Authenticator
+from kairos.api.content import JsonBodies
 from kairos.api.errors import UnexpectedErrors, error_body, install_error_handlers
 from kairos.api.experiments import experiments_router
 from kairos.api.limits import (
@@ -99,25 +99,6 @@ class ActivateRequest(BaseModel):
     version: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-class FormBodyAsJson:
-    """`curl -d '{...}'` sends JSON labelled as a form. No client means a form on /v1,
-    so read such bodies as JSON rather than reject the most common first request."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
-            # In place: outer middleware reads what routing later writes into this scope.
-            scope["headers"] = [
-                (b"content-type", b"application/json")
-                if key == b"content-type" and value.startswith(b"application/x-www-form-urlencoded")
-                else (key, value)
-                for key, value in scope["headers"]
-            ]
-        await self.app(scope, receive, send)
-
-
 def create_app(engine: Engine, manage_models: bool = True, push: bool | None = None) -> FastAPI:
     """`manage_models`: follow the model registry and train in the background (see
     training/background.py) for as long as the app runs. `push`: run push (triggers,
@@ -191,7 +172,7 @@ def create_app(engine: Engine, manage_models: bool = True, push: bool | None = N
     # Outermost last: metrics and request ids see every answer, then the URL, the key,
     # the caller's rate and the body's size are checked before any work is done.
     app.add_middleware(UnexpectedErrors)
-    app.add_middleware(FormBodyAsJson)
+    app.add_middleware(JsonBodies)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     if settings.rate_limit > 0:
         app.add_middleware(RequestRateLimit, buckets=TokenBuckets(

@@ -66,7 +66,15 @@ def validation_details(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        details = validation_details(list(exc.errors()))
+        errors = list(exc.errors())
+        if errors and errors[0].get("type") == "json_invalid":
+            # Unparseable is not invalid: name where the JSON broke, as a 400.
+            position = errors[0]["loc"][-1] if errors[0].get("loc") else None
+            return JSONResponse(error_body(
+                "invalid_json", f"the request body is not valid JSON (at character {position}: "
+                                f"{errors[0].get('ctx', {}).get('error', 'decode error')})",
+                [{"field": "body", "position": position}]), status_code=400)
+        details = validation_details(errors)
         first = details[0] if details else {"field": "body", "message": "invalid"}
         more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
         message = f"{first['field']}: {first['message']}{more}"
@@ -85,8 +93,13 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
+        message = str(exc.detail)
+        if exc.status_code == 400 and message == "There was an error parsing the body":
+            message = "the request body could not be parsed as JSON (nested too deeply, or not JSON)"
+        elif exc.status_code == 404 and message == "Not Found":
+            message = f"no such path: {loggable(request.url.path)} (see /docs for the API)"
         return JSONResponse(
-            error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+            error_body(code, message), status_code=exc.status_code, headers=exc.headers
         )
 
 
