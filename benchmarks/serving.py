@@ -128,6 +128,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compare-ranker", action="store_true",
                         help="Before ingesting, measure recommendations with the ranking model on and "
                              "with KAIROS_RANKER=off, over the same database; implies --ranker.")
+    parser.add_argument("--ranker-mode", choices=("auto", "learned"), default="auto",
+                        help="KAIROS_RANKER while the ranking model trains: learned serves the LightGBM "
+                             "ranker even where fusion measured better, so its cost is what is timed.")
     parser.add_argument("--train-set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="kairos train --set overrides (the cost of a request does not depend "
                              "on how long the model trained).")
@@ -374,10 +377,11 @@ def train_behaviour_model(prepared: Prepared, overrides: list[str]) -> dict[str,
             "seconds": round(time.perf_counter() - started, 1)}
 
 
-def train_ranking_model(prepared: Prepared) -> dict[str, Any]:
+def train_ranking_model(prepared: Prepared, mode: str) -> dict[str, Any]:
     """`kairos train --model ranker` beside the behaviour model just trained."""
     command = [*kairos_command(), "train", "--db", str(prepared.db_path), "--model", "ranker", "--json"]
-    finished = subprocess.run(command, capture_output=True, text=True, check=True)
+    finished = subprocess.run(command, capture_output=True, text=True, check=True,
+                              env={**os.environ, "KAIROS_RANKER": mode})
     published = [json.loads(line) for line in finished.stdout.splitlines() if line.startswith('{"published"')]
     if not published:
         raise RuntimeError(f"kairos train --model ranker published nothing:\n{finished.stderr[-2000:]}")
@@ -408,7 +412,7 @@ def ranker_comparison(prepared: Prepared, args: argparse.Namespace, workdir: Pat
 
 def benchmark(prepared: Prepared, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     model = train_behaviour_model(prepared, args.train_set) if args.behaviour_model else None
-    ranking = train_ranking_model(prepared) if args.ranker else None
+    ranking = train_ranking_model(prepared, args.ranker_mode) if args.ranker else None
     comparison = ranker_comparison(prepared, args, workdir) if args.compare_ranker else None
     server_started = time.perf_counter()
     server = Server(prepared.db_path, workdir / f"{prepared.dataset}-server.log")

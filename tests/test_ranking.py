@@ -43,9 +43,11 @@ def chain_engine(tmp_path: Path, users: int = 300, **settings: object) -> Engine
 def test_the_rewound_state_has_not_seen_the_labels(tmp_path: Path) -> None:
     engine = chain_engine(tmp_path, users=40, popularity_half_life_s=0)  # counts, not decayed sums
     events = [e for batch in engine.store.iter_events() for e in batch]
-    positions = labels_of(events, engine.settings)
+    [labels] = labels_of(events, engine.settings)
+    positions = labels.positions
     assert len(positions) == 40 and all(events[p].user_id == u for u, p in positions.items())
-    state, kept = rewound_state(RankingInputs(engine.settings, engine.catalog, events), set(positions.values()))
+    assert labels.hidden == set(positions.values())  # each label is its user's latest event
+    state, kept = rewound_state(RankingInputs(engine.settings, engine.catalog, events), labels.hidden)
     assert len(kept) == len(events) - 40
     for user, position in positions.items():
         label = engine.catalog.index[events[position].item_id]
@@ -56,6 +58,24 @@ def test_the_rewound_state_has_not_seen_the_labels(tmp_path: Path) -> None:
     before = engine.state.popularity.ranking_scores(ITEMS)
     after = state.popularity.ranking_scores(ITEMS)
     assert np.allclose(before - after, label_counts * engine.settings.event_weight("click", None))
+
+
+def test_deeper_labels_hide_everything_their_user_did_from_them_on(tmp_path: Path) -> None:
+    engine = chain_engine(tmp_path, users=40)
+    engine.ingest_records([EventRecord("u0", "i5", "impression", T0 + 99, None, None),  # not a visit
+                           EventRecord("u1", "i9", "dislike", T0 + 150, None, None)])
+    events = [e for batch in engine.store.iter_events() for e in batch]
+    depths = labels_of(events, engine.settings, depth=3)
+    assert len(depths) == 3
+    for j, labels in enumerate(depths, start=1):
+        for user, position in labels.positions.items():
+            visits = [(e.timestamp, i) for i, e in enumerate(events) if e.user_id == user and e.type == "click"]
+            assert (events[position].timestamp, position) == sorted(visits)[-j]
+            # Nothing of the user's from the label on is seen; everything before is.
+            mine = [i for i, e in enumerate(events) if e.user_id == user]
+            assert {i for i in mine if i in labels.hidden} == {i for i in mine if i >= position
+                                                                or events[i].timestamp >= events[position].timestamp}
+    assert any(i for i in depths[0].hidden if events[i].type == "impression")
 
 
 def test_the_ranking_model_learns_the_chain_and_serves_it(tmp_path: Path) -> None:
@@ -83,7 +103,7 @@ def test_the_ranking_model_learns_the_chain_and_serves_it(tmp_path: Path) -> Non
 
 
 def test_too_few_examples_keep_the_configured_weights(tmp_path: Path) -> None:
-    engine = chain_engine(tmp_path, users=5)
+    engine = chain_engine(tmp_path, users=3)  # 3 labels each (no behaviour model): 9 < 10
     ranking = train_ranking_for(engine)
     assert ranking.mode == "configured" and ranking.ranker is None
     assert engine.fusion_weights() == engine.settings.source_weights

@@ -100,14 +100,17 @@ class Settings(BaseSettings):
                                  "als": 0.5},
         description="Fusion weight of each candidate source; a source absent here is off.",
     )
-    ranker: Literal["auto", "off"] = Field(
+    ranker: Literal["auto", "learned", "off"] = Field(
         default="auto", description="auto: order the sources' candidates with the learned ranker when one is "
         "trained (kairos train --model ranker) and beat fusion on held-out users, else fuse with weights fitted "
-        "on the log's own recent events, else with source_weights (docs/ranking.md). off: source_weights.")
+        "on the log's own recent events, else with source_weights (docs/ranking.md). learned: train and serve "
+        "the learned ranker whenever there are ranker_min_examples, even where fusion measured better (for an "
+        "experiment arm or a latency benchmark). off: source_weights.")
     ranker_min_examples: int = Field(
-        default=200, ge=1, description="Users whose next event the sources found, needed to train the ranker.")
+        default=200, ge=1, description="Labels (a user's latest positive visits) that the sources found, "
+        "needed to train the ranker.")
     fusion_fit_min_examples: int = Field(
-        default=20, ge=1, description="Such users needed to fit the fusion weights when the ranker cannot train.")
+        default=20, ge=1, description="Such labels needed to fit the fusion weights when the ranker cannot train.")
     ranker_max_users: int = Field(default=5000, ge=1, description="Users sampled to train the ranker.")
     ranker_config: dict[str, Any] = Field(
         default_factory=dict, description="LightGBM parameters over the ranker's defaults (kairos.ranking.learned).")

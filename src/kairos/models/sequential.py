@@ -80,6 +80,11 @@ class SeqRecConfig:
     # False: train on every given item for exactly `epochs` epochs, without validation
     # (a refit, with the epoch count that an earlier holdout run chose).
     holdout: bool = True
+    # With a holdout, the network trains on each sequence without its last `holdout_tail`
+    # items (validation still ranks the last): the ranker learns from those visits, which
+    # the network must never have learned (ranking/training.py). More than 1 only where
+    # histories are long, so the few items left out cost the network nothing.
+    holdout_tail: int = 1
     threads: int = 1  # intra-op threads; 2 on a shared 2-core machine can run 10x slower
     max_seconds: float | None = None  # training time budget; reaching it breaks determinism
     # Learning-rate schedule: linear warm-up over this many optimiser steps, then constant
@@ -129,6 +134,8 @@ class SeqRecConfig:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, not {self.lr_schedule!r}")
         if self.transition_window < 0 or self.transition_lags < 1:
             raise ValueError("transition_window must be >= 0 and transition_lags >= 1")
+        if self.holdout_tail < 1:
+            raise ValueError("holdout_tail must be >= 1")
         if self.transition_window and not self.holdout and self.transition_scale is None:
             raise ValueError("without a holdout, the transition prior needs its transition_scale")
 
@@ -146,7 +153,7 @@ SEQREC_PRESETS: dict[str, dict[str, Any]] = {
     # (about 6 s an epoch against 11 for the full softmax over 3,650 items), strong dropout.
     "long": {"max_len": 200, "exclude_seen": True, "loss": "sampled_softmax", "batch_size": 16, "dropout": 0.5,
              "temperature": 0.07, "epochs": 44, "patience": 25, "max_seconds": 900.0,
-             "transition_window": 5, "transition_lags": 10, "transition_decay": 0.8},
+             "transition_window": 5, "transition_lags": 10, "transition_decay": 0.8, "holdout_tail": 3},
     # Amazon Scientific: short histories; items by their text alone (validation: text 0.0821,
     # ids and text 0.0800, ids 0.0771 with the prior), full softmax, wider items, few epochs.
     "short": {"max_len": 50, "use_ids": False, "loss": "softmax", "batch_size": 256, "width": 128, "dropout": 0.3,
@@ -1114,8 +1121,9 @@ def train_sequential(
         if len(user.items) and (user.items.min() < 1 or user.items.max() > n_items):
             raise ValueError("item indices must lie in 1..n_items")
     if config.holdout:
-        train_users = [_Encoded(u.items[:-1], None if u.types is None else u.types[:-1],
-                                None if u.gaps is None else u.gaps[:-1]) for u in users]
+        tail = config.holdout_tail
+        train_users = [_Encoded(u.items[:-tail], None if u.types is None else u.types[:-tail],
+                                None if u.gaps is None else u.gaps[:-tail]) for u in users]
     else:
         train_users = users
     windows = _training_windows(train_users, config.max_len, config.horizon)

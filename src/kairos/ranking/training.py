@@ -1,12 +1,15 @@
 """Training what orders the served list, from the event log, without leakage.
 
-Each user's last visit is their label. The online state is *rewound*: a fresh state
-over the same catalogue replays every event except the labels, so co-visitation,
-popularity, profiles, ALS and the user's own sequence are what they were just before
-each label — nothing the label caused is visible to its features. The behaviour
-model may score there because it was trained with each user's last visit held out
-(training/pipeline.py: `holdout`), i.e. it never learned those labels either; its
-transition prior, which does count them, is recounted without them.
+Each user's latest positive visits are their labels: the last one, and with a
+behaviour model whose network never trained on the last `holdout_tail` visits
+(models/sequential.py) each positive one among them — several examples per user
+where histories are long and users few. For each depth the online state is
+*rewound*: a fresh state over the same catalogue replays every event except each
+user's events from that depth's label on, so co-visitation, popularity, profiles,
+ALS and the user's own sequence are what they were just before the label — nothing
+the label caused is visible to its features. The behaviour model may score there
+because its network never learned those visits; its transition prior, which does
+count them, is recounted without them.
 
 From the same examples come the three regimes of ranking/model.py: the LightGBM
 ranker (enough users), fusion weights fitted by coordinate ascent (a few), or the
@@ -43,6 +46,7 @@ TRAINING_DEPTH = 60  # candidates per source, as a served list of 20 asks (engin
 VALID_SHARE = 0.2
 CV_FOLDS = 5
 CV_BELOW = 2000  # examples: below this, regimes and tree sizes are chosen by 5-fold cross-validation
+DEPTH_WITHOUT_MODEL = 3  # label depth when no behaviour model scores (nothing can have learned them)
 LEAVES = (3, 7, 15)  # tree sizes the held-out users choose between
 WEIGHT_GRID = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
@@ -66,28 +70,68 @@ class Examples:
     features: list[np.ndarray] = field(default_factory=list)
     labels: list[np.ndarray] = field(default_factory=list)
     fusion_terms: list[np.ndarray] = field(default_factory=list)  # (pool, sources): 1 / (K + rank)
-    users: int = 0  # labelled users asked
-    found: int = 0  # ... whose label was in the pool
+    owners: list[str] = field(default_factory=list)  # each block's user: folds split users, not blocks
+    users: int = 0  # labels asked about
+    found: int = 0  # ... found in the pool
 
     def subset(self, rows: np.ndarray) -> Examples:
         return Examples([self.features[i] for i in rows], [self.labels[i] for i in rows],
-                        [self.fusion_terms[i] for i in rows], len(rows), len(rows))
+                        [self.fusion_terms[i] for i in rows], [self.owners[i] for i in rows],
+                        len(rows), len(rows))
+
+    def extend(self, other: Examples) -> None:
+        self.features += other.features
+        self.labels += other.labels
+        self.fusion_terms += other.fusion_terms
+        self.owners += other.owners
+        self.users += other.users
+        self.found += other.found
 
     def stacked(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return (np.concatenate(self.features), np.concatenate(self.labels),
                 np.array([len(x) for x in self.labels]))
 
 
-def labels_of(events: Sequence[EventRecord], settings: Settings) -> dict[str, int]:
-    """Each user's last positive visit (position in `events`), for users with an
-    earlier event to learn from."""
-    last: dict[str, int] = {}
-    count: dict[str, int] = {}
+@dataclass
+class Labels:
+    """One depth's labels: user -> position of their label in the log, and the
+    positions the rewound state must not see (each labelled user's events from it on)."""
+
+    positions: dict[str, int]
+    hidden: set[int]
+
+
+def labels_of(events: Sequence[EventRecord], settings: Settings, depth: int = 1) -> list[Labels]:
+    """Per depth j = 1..depth: each user's j-th last visit when it is positive and a
+    visit precedes it. Visits are ordered as the behaviour model's sequences are
+    (timestamp, then acknowledgement), so depth j lies in the tail its network never saw."""
+    visits: dict[str, list[tuple[float, int]]] = {}
     for position, event in enumerate(events):
-        count[event.user_id] = count.get(event.user_id, 0) + 1
-        if event.type not in NON_VISIT_TYPES and settings.event_weight(event.type, event.value) > 0:
-            last[event.user_id] = position
-    return {user: position for user, position in last.items() if count[user] >= 2}
+        if event.type not in NON_VISIT_TYPES:
+            visits.setdefault(event.user_id, []).append((event.timestamp, position))
+    ordered = {user: sorted(steps) for user, steps in visits.items()}
+    found: list[Labels] = []
+    for j in range(1, depth + 1):
+        cut: dict[str, tuple[float, int]] = {}
+        positions: dict[str, int] = {}
+        for user, steps in ordered.items():
+            if len(steps) <= j:
+                continue
+            cut[user] = steps[-j]
+            event = events[steps[-j][1]]
+            if settings.event_weight(event.type, event.value) > 0:
+                positions[user] = steps[-j][1]
+        hidden = {position for position, event in enumerate(events)
+                  if event.user_id in cut and (event.timestamp, position) >= cut[event.user_id]}
+        found.append(Labels(positions, hidden))
+    return found
+
+
+def label_depth(sequential: Any) -> int:
+    """How many of each user's latest visits may serve as labels."""
+    if sequential is None:
+        return DEPTH_WITHOUT_MODEL
+    return int(getattr(sequential.model.config, "holdout_tail", 1))
 
 
 def rewound_state(inputs: RankingInputs, skip: set[int]) -> tuple[OnlineState, list[EventRecord]]:
@@ -140,6 +184,7 @@ def collect_examples(state: OnlineState, inputs: RankingInputs, labels: dict[str
                         where = np.searchsorted(pool.items, ranked[name].items)
                         terms[where, column] = 1.0 / (RRF_K + 1.0 + np.arange(len(where)))
                 examples.fusion_terms.append(terms)
+                examples.owners.append(user_id)
         if advance is not None:
             advance(1)
     return examples
@@ -187,17 +232,27 @@ def fit_weights(examples: Examples, start: np.ndarray, rounds: int = 3) -> np.nd
     return weights
 
 
-def _folds(n: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(train rows, held-out rows) pairs: 5-fold cross-validation while examples are few
-    (one 20% split chooses by noise there), one held-out share beyond CV_BELOW."""
-    if n < 2:
+def _folds(owners: Sequence[str], seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train rows, held-out rows) pairs, splitting users (a user's examples at several
+    depths stay on one side): 5-fold cross-validation while examples are few (one 20%
+    split chooses by noise there), one held-out share beyond CV_BELOW."""
+    users = sorted(set(owners))
+    if len(users) < 2:
         return []
-    order = np.random.default_rng(seed).permutation(n)
-    if n >= CV_BELOW:
-        cut = max(1, int(round(n * VALID_SHARE)))
-        return [(order[cut:], order[:cut])]
-    parts = np.array_split(order, min(CV_FOLDS, n))
-    return [(np.concatenate([q for j, q in enumerate(parts) if j != i]), part) for i, part in enumerate(parts)]
+    order = [users[i] for i in np.random.default_rng(seed).permutation(len(users))]
+    rows_of: dict[str, list[int]] = {}
+    for row, owner in enumerate(owners):
+        rows_of.setdefault(owner, []).append(row)
+
+    def rows(group: Sequence[str]) -> np.ndarray:
+        return np.array(sorted(r for user in group for r in rows_of[user]), dtype=np.int64)
+
+    if len(owners) >= CV_BELOW:
+        cut = max(1, int(round(len(users) * VALID_SHARE)))
+        return [(rows(order[cut:]), rows(order[:cut]))]
+    parts = [list(part) for part in np.array_split(np.array(order, dtype=object), min(CV_FOLDS, len(users)))]
+    return [(rows([u for j, q in enumerate(parts) if j != i for u in q]), rows(part))
+            for i, part in enumerate(parts)]
 
 
 def _mean(per_fold: list[np.ndarray]) -> float:
@@ -210,24 +265,27 @@ def train_ranking(inputs: RankingInputs, seed: int = 0, quiet: bool = True) -> R
 
     started = time.perf_counter()
     settings = inputs.settings
-    positions = labels_of(inputs.events, settings)
-    users = sorted(positions)
+    depth = label_depth(inputs.sequential)
+    depths = labels_of(inputs.events, settings, depth)
+    users = sorted(set().union(*(labels.positions for labels in depths)))
     if len(users) > settings.ranker_max_users:
         users = sorted(np.random.default_rng(seed).choice(users, settings.ranker_max_users, replace=False).tolist())
-    chosen = {user: positions[user] for user in users}
-    state, kept = rewound_state(inputs, set(positions.values()))
-    als_started = time.perf_counter()
-    state.als = fit_als(kept, inputs.catalog, settings) if kept else None
-    als_seconds = time.perf_counter() - als_started
-    labels = {user: inputs.events[position] for user, position in chosen.items()}
-    with progress("ranker examples", len(labels), quiet=quiet) as advance:
-        examples = collect_examples(state, inputs, labels, advance)
+    examples, als_seconds = Examples(), 0.0
+    asked_count = sum(user in labels.positions for labels in depths for user in users)
+    with progress("ranker examples", asked_count, quiet=quiet) as advance:
+        for labels in depths:
+            state, kept = rewound_state(inputs, labels.hidden)
+            als_started = time.perf_counter()
+            state.als = fit_als(kept, inputs.catalog, settings) if kept else None
+            als_seconds += time.perf_counter() - als_started
+            asked = {user: inputs.events[labels.positions[user]] for user in users if user in labels.positions}
+            examples.extend(collect_examples(state, inputs, asked, advance))
     configured = np.array([settings.source_weights.get(name, 0.0) for name in RANKED_SOURCES])
-    report: dict[str, Any] = {"labelled_users": examples.users, "examples": examples.found,
-                              "recall": round(examples.found / max(examples.users, 1), 4),
+    report: dict[str, Any] = {"labelled_users": len(users), "label_depth": depth, "labels": examples.users,
+                              "examples": examples.found, "recall": round(examples.found / max(examples.users, 1), 4),
                               "exclude_seen": inputs.exclude_seen}
     mode, weights, ranker = "configured", configured, None
-    folds = _folds(examples.found, seed)
+    folds = _folds(examples.owners, seed)
     held_out: dict[str, float] = {}
     n_valid = sum(len(valid) for _, valid in folds)
     if folds:
@@ -254,7 +312,8 @@ def train_ranking(inputs: RankingInputs, seed: int = 0, quiet: bool = True) -> R
         held_out["learned"], rounds = tried[leaves]
         report.update({"rounds": rounds, "num_leaves": leaves, "folds": len(folds),
                        "tried": {str(k): round(v, 4) for k, (v, _) in tried.items()}})
-        if held_out["learned"] >= max(v for k, v in held_out.items() if k != "learned"):
+        beats_fusion = held_out["learned"] >= max(v for k, v in held_out.items() if k != "learned")
+        if beats_fusion or settings.ranker == "learned":
             ranker, _ = LearnedRanker.fit(*examples.stacked(), params={"num_leaves": leaves, **settings.ranker_config},
                                           rounds=rounds)
             mode = "learned"
