@@ -195,7 +195,7 @@ def test_the_transition_prior_is_weighed_on_validation_and_travels_with_the_arte
 
 
 def test_transition_counts_pair_items_within_the_window() -> None:
-    from kairos.models.sequential import _row_normalised, _transition_counts
+    from kairos.models.sequential.network import _row_normalised, _transition_counts
 
     counts = _transition_counts([np.array([1, 2, 3])], 3, window=2, backward=0.5).to_dense()
     expected = np.zeros((4, 4))
@@ -212,7 +212,7 @@ def test_transition_counts_pair_items_within_the_window() -> None:
 def test_seen_before_marks_the_history_up_to_each_step() -> None:
     import torch
 
-    from kairos.models.sequential import _seen_before
+    from kairos.models.sequential.objective import _seen_before
 
     items = torch.tensor([[3, 1, 3, 2], [2, 4, 0, 0]])
     real = items > 0
@@ -228,7 +228,7 @@ def test_seen_before_marks_the_history_up_to_each_step() -> None:
 
 
 def test_learning_rate_schedule_warms_up_then_decays() -> None:
-    from kairos.models.sequential import _lr_factor
+    from kairos.models.sequential.trainer import _lr_factor
 
     config = SeqRecConfig(warmup_steps=10, lr_schedule="cosine")
     assert _lr_factor(config, 0, 100) == pytest.approx(0.1)
@@ -256,7 +256,7 @@ def test_served_scores_match_the_training_path_dense_and_sparse(monkeypatch: pyt
     (dense, or CSR for a large catalogue): the scores agree."""
     import torch
 
-    import kairos.models.sequential as sequential
+    import kairos.models.sequential.network as network
 
     config = SeqRecConfig(**{**vars(TINY), "epochs": 1, "transition_window": 2, "transition_lags": 3})
     model = train_sequential(planted(20), N_ITEMS, text_vectors(), config)
@@ -264,7 +264,7 @@ def test_served_scores_match_the_training_path_dense_and_sparse(monkeypatch: pyt
     items = torch.tensor([[1, 2, 3], [7, 0, 0]])
     with torch.inference_mode():
         dense = model.module.scores(items, model.module.item_table()).numpy()
-        monkeypatch.setattr(sequential, "DENSE_TRANSITIONS", 0)
+        monkeypatch.setattr(network, "DENSE_TRANSITIONS", 0)
         assert model.module.transition_matrix().layout == torch.sparse_csr
         sparse = model.module.scores(items, model.module.item_table()).numpy()
     assert np.allclose(served, dense, atol=1e-4) and np.allclose(served, sparse, atol=1e-4)

@@ -1,5 +1,5 @@
 """Trained models: the behaviour model (a causal transformer over each user's sequence,
-`sequential.py`) and matrix factorisation on implicit feedback (`als.py`).
+`sequential/`) and matrix factorisation on implicit feedback (`als.py`).
 
 Names are imported on first use, so reading `kairos.models.als` does not load torch.
 """
