@@ -64,9 +64,10 @@ class Server:
 
     def __init__(self, db_path: Path, env: dict[str, str] | None = None) -> None:
         self.db_path = db_path
-        # No background training unless a test asks for it: it would take a core.
+        # No background training unless a test asks for it: it would take a core. One
+        # process unless a test asks for more (tests/test_workers_e2e.py does).
         self.env = {"KAIROS_SEQUENTIAL_AUTO_TRAIN": "false", "KAIROS_SEQUENTIAL_RETRAIN_INTERVAL_S": "0",
-                    **(env or {})}
+                    "KAIROS_WORKERS": "1", **(env or {})}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
@@ -76,6 +77,7 @@ class Server:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "kairos", "serve", "--port", str(self.port)],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: worker processes go with it
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -94,19 +96,28 @@ class Server:
         return httpx.Client(base_url=self.url, timeout=10.0)
 
     def kill(self) -> None:
-        """SIGKILL: no shutdown hooks, no flushing, as in a crash."""
+        """SIGKILL to every process of the server: no shutdown hooks, no flushing, as in a crash."""
         assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
+        _kill_group(self.process.pid)
         self.process.wait(timeout=10)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(timeout=10)
+                self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.process is not None:
+            _kill_group(self.process.pid)  # a worker its supervisor left behind
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 from pathlib import Path
@@ -71,31 +70,47 @@ def _fail(error: Exception) -> typer.Exit:
 AppendOption = Annotated[bool, typer.Option("--append", help="Add to a store that already holds events.")]
 
 
-def _serve(engine: Engine, host: str, port: int) -> None:
+def _serve(engine: Engine, host: str, port: int, workers: int = 1) -> None:
+    """One process serving `engine`, or `workers` processes over its database (the
+    engine is closed first: each process opens its own and follows the log)."""
     import uvicorn
 
     from kairos.api import create_app
+    from kairos.api.protocol import http_protocol
+    from kairos.api.workers import ready_to_serve
 
-    # The rebuilt state is millions of long-lived objects: move them out of the
-    # collector's sight, or every full collection pauses serving for most of a second.
-    if engine.semantic is not None:
-        # Before the port opens: a first request must not pay for an export or a load.
-        engine.semantic.warm_up()
-    gc.collect()
-    gc.freeze()
     stats = engine.stats()
+    settings = engine.settings
+    if not _keys_configured(settings) and host not in LOOPBACK:
+        logging.getLogger("kairos").warning(
+            "serving on %s without API keys: anyone who reaches it may write events and delete users "
+            "(set KAIROS_API_KEYS or run `kairos keys create`)", host)
+    processes = f" in {workers} processes" if workers > 1 else ""
+    if workers > 1:
+        if engine.semantic is not None:
+            engine.semantic.warm_up()  # the text model exported once, not by each process at once
+        engine.close()
+        # The processes read their settings from the environment, this database included.
+        os.environ["KAIROS_DB_PATH"] = str(Path(settings.db_path).resolve())
+        console.print(
+            f"[bold green]Kairos[/] serving {stats['items']:,} items, {stats['users']:,} users, "
+            f"{stats['events']:,} events{processes} on http://{host}:{port}  (API docs: http://{host}:{port}/docs)")
+        uvicorn.run("kairos.api.workers:worker_app", factory=True, workers=workers, host=host, port=port,
+                    log_level="warning", http=http_protocol())
+        return
+    ready_to_serve(engine)
     console.print(
         f"[bold green]Kairos[/] serving {stats['items']:,} items, {stats['users']:,} users, "
         f"{stats['events']:,} events (state rebuilt in {stats['rebuild_seconds']:.1f}s) "
         f"on http://{host}:{port}  (API docs: http://{host}:{port}/docs)"
     )
-    if not _keys_configured(engine.settings) and host not in LOOPBACK:
-        logging.getLogger("kairos").warning(
-            "serving on %s without API keys: anyone who reaches it may write events and delete users "
-            "(set KAIROS_API_KEYS or run `kairos keys create`)", host)
-    from kairos.api.protocol import http_protocol
+    uvicorn.run(create_app(engine, owns_engine=True), host=host, port=port, log_level="warning",
+                http=http_protocol())
 
-    uvicorn.run(create_app(engine), host=host, port=port, log_level="warning", http=http_protocol())
+
+def _workers(option: int | None, settings: Settings) -> int:
+    chosen = option if option is not None else settings.workers
+    return chosen if chosen > 0 else (os.cpu_count() or 1)
 
 
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -126,11 +141,14 @@ def serve(
     db: DbOption = None,
     host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
     port: Annotated[int | None, typer.Option(help="Port.")] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="Processes serving the database, each following its log (default: KAIROS_WORKERS, "
+             "else one per CPU core).")] = None,
 ) -> None:
     """Serve the HTTP API (OpenAPI docs at /docs)."""
     settings = _settings(db)
     engine = open_engine(settings)
-    _serve(engine, host or settings.host, port or settings.port)
+    _serve(engine, host or settings.host, port or settings.port, _workers(workers, settings))
 
 
 @import_app.command("movielens")
@@ -263,7 +281,12 @@ def train(
     import json
 
     from kairos.models import EpochReport
-    from kairos.training.pipeline import NotEnoughData, publish, registry, train_from_store
+    from kairos.training.pipeline import (
+        NotEnoughData,
+        publish,
+        registry,
+        train_from_store,
+    )
 
     settings = _settings(db)
     updates: dict[str, Any] = {}
@@ -415,6 +438,7 @@ def demo(
     serve_after: Annotated[bool, typer.Option("--serve/--no-serve", help="Serve afterwards.")] = True,
     host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    workers: Annotated[int | None, typer.Option(help="Serving processes (default: one per CPU core).")] = None,
 ) -> None:
     """Generate a synthetic catalogue and behaviour (deterministic by seed), import, serve."""
     from kairos.datasets.demo import DemoConfig, import_demo
@@ -427,7 +451,7 @@ def demo(
     else:
         console.print(f"[yellow]{db} already holds data; serving it (delete the file for a fresh demo)[/]")
     if serve_after:
-        _serve(engine, host, port)
+        _serve(engine, host, port, _workers(workers, settings))
     else:
         engine.close()
 

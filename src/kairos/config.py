@@ -48,6 +48,15 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = 8000
+    # Serving processes (kairos.replica): each follows the durable log; one leads.
+    workers: int = Field(
+        default=0, ge=0, description="Processes `kairos serve` runs over one database; 0: one per CPU core.")
+    follow_interval_s: float = Field(
+        default=0.01, gt=0, description="How often a serving process reads what others wrote to the log when "
+        "no request asks (a request always catches up first).")
+    leader_retry_s: float = Field(
+        default=1.0, gt=0, description="How often a process that does not lead tries for the leader lease "
+        "(it takes over training, push and the language model when the leader is gone).")
 
     # Locked doors (kairos.api.auth, kairos.api.limits; docs/security.md)
     api_keys: str = Field(

@@ -1,7 +1,9 @@
 """The Engine: the one object behind the HTTP API, the CLI, push and evaluation.
 
-Where an event goes:        Engine.ingest -> Store.append_events (commit) -> OnlineState.apply
-                            (-> SemanticState.apply: the user's semantic profile)
+Where an event goes:        Engine.ingest -> Store.append_events (commit) -> LogFollower
+                            -> Engine.apply_events -> OnlineState.apply (-> SemanticState.apply:
+                            the user's semantic profile); other processes' events arrive
+                            the same way, read from the log (replica/follower.py)
 Where a recommendation
 comes from:                 Engine.recommend -> UserContext -> sources -> fusion -> items
                             (sources/sequential.py: the transformer on the live sequence)
@@ -25,18 +27,36 @@ from kairos.clock import Clock, WallClock
 from kairos.config import Settings
 from kairos.listeners import Listeners
 from kairos.ranking import Fused, reciprocal_rank_fusion
-from kairos.ranking.model import RankingModel
 from kairos.ranking.arrivals import new_arrival_slot
 from kairos.ranking.fusion import RRF_K
+from kairos.ranking.model import RankingModel
 from kairos.ranking.prior import PRIOR_RRF_K, prior_weights
 from kairos.ranking.rules import ListRule
-from kairos.schema import Event, Item, ItemFields, Recommendations, RecommendedItem, SequenceEntry
-from kairos.schema import SearchResults, SimilarItems, User, UserView
-from kairos.sources import CandidateSource, Candidates, CovisitSource, UserContext, build_sources
+from kairos.replica.follower import Caught, LogFollower
+from kairos.schema import (
+    Event,
+    Item,
+    ItemFields,
+    Recommendations,
+    RecommendedItem,
+    SearchResults,
+    SequenceEntry,
+    SimilarItems,
+    User,
+    UserView,
+)
+from kairos.sources import (
+    Candidates,
+    CandidateSource,
+    CovisitSource,
+    UserContext,
+    build_sources,
+)
 from kairos.sources.sequential import ServedSequential
 from kairos.state import Catalog, OnlineState
 from kairos.state.semantic import SemanticState
 from kairos.store import EventRecord, ItemRecord, SQLiteStore, Store, UserRecord
+from kairos.store.base import forget_digest
 from kairos.training.pipeline import registry as model_registry
 from kairos.training.registry import ModelRegistry, RegisteredModel
 
@@ -89,9 +109,10 @@ class NotFound(KeyError):
 class Engine:
     """Owns the store, the online state and the candidate sources.
 
-    Thread-safe: one lock orders writes, so the online state sees events in the
-    order the store acknowledged them, and a restart (which replays the store in
-    that order) rebuilds the same state.
+    Thread-safe: one lock orders the state's changes, and the state moves only by the
+    log (`self.follower`): it sees events in the order the store acknowledged them,
+    whichever process wrote them, and a restart (which replays the store in that order)
+    rebuilds the same state.
     """
 
     def __init__(
@@ -113,6 +134,10 @@ class Engine:
         self.ranking: RankingModel | None = None  # what orders the list: ranker, fitted or configured weights
         self.listeners = Listeners()  # told after each durable write (push, live streams)
         self.list_rules: list[ListRule] = []  # re-order the fused list (the language model's re-ranking)
+        self.follower = LogFollower(self.store, self, self._lock)
+        self._forgot_here: set[str] = set()  # digests of users this process forgot exactly
+        self._recount: threading.Thread | None = None  # aggregates recounted after a forget elsewhere
+        self._recount_again = False
         self._reset_state()
         self.rebuild_seconds = 0.0
         if rebuild:
@@ -130,6 +155,7 @@ class Engine:
         started = time.perf_counter()
         with self._lock:
             self._reset_state()
+            changes_at = self.store.last_change()  # first: a change during the read is re-read
             items = list(self.store.iter_items())
             for item in items:
                 self.catalog.upsert(item)
@@ -140,12 +166,14 @@ class Engine:
                 for user in self.store.iter_users():
                     if user.text:
                         self.semantic.set_user_text(user.user_id, user.text)
-            for batch in self.store.iter_events():
-                self.state.apply(batch)
-                if self.semantic is not None:
-                    self.semantic.apply(batch, self.settings.event_weight)
+            events_at = 0
+            while batch := self.store.events_after(events_at, 10_000):
+                records = [record for _, record in batch]
+                self.apply_events(records)
+                events_at = batch[-1][0]
                 if progress:
-                    progress(len(batch))
+                    progress(len(records))
+            self.follower.start_at(events_at, changes_at)
             if self.registered is not None:
                 self.state.sequential = self._served(self.registered)
                 self.state.als = self.ranking.als if self.ranking is not None else None
@@ -192,9 +220,11 @@ class Engine:
         path = self.store_path()
         return path.with_name(path.name + ".vectors")
 
-    def close(self) -> None:
+    def close(self, save_vectors: bool = True) -> None:
+        """`save_vectors`: keep the vector index for the next start (one process per
+        database does: the leader)."""
         with self._lock:
-            if self.semantic is not None:
+            if self.semantic is not None and save_vectors:
                 self.semantic.save(self.vectors_path())
                 self.semantic.close()
             self.store.close()
@@ -303,19 +333,15 @@ class Engine:
             for record in records:
                 if record.item_id not in self.catalog and record.item_id not in bare:
                     bare[record.item_id] = ItemRecord(record.item_id, created_at=record.timestamp)
-            self.store.append_events(records, list(bare.values()))
-            for item in bare.values():
-                self.catalog.upsert(item)
-            self.state.apply(records)
-            if self.semantic is not None:
-                self.semantic.apply(records, self.settings.event_weight)
-        self.listeners.events_ingested(records)
+            last = self.store.append_events(records, list(bare.values()))
+            caught = self.follower.appended(records, last)
+        self._tell(caught)
         return len(records)
 
     def upsert_items(self, items: Sequence[Item]) -> list[ItemRecord]:
         now = self.clock.now()
         with self._lock:
-            records = []
+            records: list[ItemRecord] = []
             for item in items:
                 created_at = item.created_at
                 if created_at is None:
@@ -327,16 +353,12 @@ class Engine:
                         dict(item.attributes), created_at, item.available,
                     )
                 )
-            self.store.upsert_items(records)
-            for record in records:
-                self.catalog.upsert(record)
             if self.semantic is not None:
-                # Encoded and indexed before we answer: a new item is retrievable at once.
-                self.semantic.sync_items(records, show_progress=len(records) >= 1000)
-            if self.state.sequential is not None:
-                # ... and the behaviour model represents it from its text.
-                self.state.sequential.add_items([self.catalog.index[r.item_id] for r in records])
-        self.listeners.items_upserted(records)
+                # Encoded before the commit: processes that follow the log find the vectors cached.
+                self.semantic.embed_items(records, show_progress=len(records) >= 1000)
+            last = self.store.upsert_items(records)
+            caught = self.follower.changed_items(records, last)
+        self._tell(caught)
         return records
 
     def upsert_item(self, item_id: str, fields: ItemFields) -> ItemRecord:
@@ -347,9 +369,8 @@ class Engine:
         with self._lock:
             record = self.get_item(item_id)
             record.available = False
-            self.store.upsert_items([record])
-            self.catalog.set_available(self.catalog.index[item_id], False)
-        self.listeners.items_upserted([record])
+            caught = self.follower.changed_items([record], self.store.upsert_items([record]))
+        self._tell(caught)
         return record
 
     def upsert_users(self, users: Sequence[User]) -> list[UserRecord]:
@@ -357,11 +378,11 @@ class Engine:
         now = self.clock.now()
         records = [UserRecord(u.user_id, dict(u.attributes), u.text, now) for u in users]
         with self._lock:
-            self.store.upsert_users(records)
-            if self.semantic is not None:
-                for record in records:
-                    self.semantic.set_user_text(record.user_id, record.text)
-        self.listeners.users_upserted(records)
+            stated = [r.text for r in records if r.text.strip()]
+            if self.semantic is not None and stated:
+                self.semantic.embed(stated)  # cached for the processes that follow the log
+            caught = self.follower.changed_users(records, self.store.upsert_users(records))
+        self._tell(caught)
         return records
 
     def upsert_user(self, user: User) -> UserRecord:
@@ -369,16 +390,121 @@ class Engine:
 
     def forget_user(self, user_id: str) -> int:
         """Delete the user's events, profile and online state. Returns events deleted."""
+        self.catch_up()
         with self._lock:
             if user_id not in self.state.users and self.store.get_user(user_id) is None:
                 raise NotFound("user", user_id)
             events = self.store.user_events(user_id)
+            # The events this state applied are exactly these: subtract them, rather than
+            # recount everything as processes that learn of it from the log must.
+            self._forgot_here.add(forget_digest(user_id))
             deleted = self.store.forget_user(user_id)
             self.state.forget(user_id, events)
             if self.semantic is not None:
                 self.semantic.forget(user_id)
         self.listeners.user_forgotten(user_id)
         return deleted
+
+    # -- following the log: the one way the state changes ----------------------------------
+
+    def catch_up(self) -> Caught:
+        """Apply what other processes wrote since this one last looked (cheap when nothing
+        was): every read does, so a user's next request reflects what they just did,
+        whichever process took it."""
+        caught = self.follower.catch_up()
+        if caught:
+            self._tell(caught)
+        return caught
+
+    def apply_events(self, records: Sequence[EventRecord]) -> None:
+        with self._lock:
+            for record in records:
+                if record.item_id not in self.catalog:  # the bare item the writer stored with it
+                    self.catalog.upsert(ItemRecord(record.item_id, created_at=record.timestamp))
+            self._apply_events(records)
+
+    def _apply_events(self, records: Sequence[EventRecord]) -> None:
+        self.state.apply(records)
+        if self.semantic is not None:
+            self.semantic.apply(records, self.settings.event_weight)
+
+    def apply_items(self, records: Sequence[ItemRecord]) -> None:
+        with self._lock:
+            for record in records:
+                self.catalog.upsert(record)
+            if self.semantic is not None:
+                # Indexed before we answer: a new item is retrievable at once ...
+                self.semantic.sync_items(records, show_progress=len(records) >= 1000)
+            if self.state.sequential is not None:
+                # ... and the behaviour model represents it from its text.
+                self.state.sequential.add_items([self.catalog.index[r.item_id] for r in records])
+
+    def apply_users(self, records: Sequence[UserRecord]) -> None:
+        if self.semantic is not None:
+            for record in records:
+                self.semantic.set_user_text(record.user_id, record.text)
+
+    def drop_users(self, digests: set[str]) -> list[str]:
+        """Users forgotten by another process: their own state goes at once; the shared
+        counts they fed (popularity, co-visitation) are recounted from the log in the
+        background, since their events are gone from it."""
+        with self._lock:
+            mine = digests & self._forgot_here
+            self._forgot_here -= mine
+            digests = digests - mine
+            if not digests:
+                return []
+            known = set(self.state.users) | (set(self.semantic.stated) if self.semantic is not None else set())
+            dropped = [user for user in known if forget_digest(user) in digests]
+            for user in dropped:
+                self.state.users.pop(user, None)
+                if self.semantic is not None:
+                    self.semantic.forget(user)
+            self._recount_soon()
+            return dropped
+
+    def _recount_soon(self) -> None:
+        if self._recount is not None and self._recount.is_alive():
+            self._recount_again = True
+            return
+        self._recount = threading.Thread(target=self._recount_aggregates, name="kairos-recount", daemon=True)
+        self._recount.start()
+
+    def _recount_aggregates(self) -> None:
+        """Popularity, trend and co-visitation counted afresh from the log, then caught up
+        to the live position and swapped in under the lock."""
+        while True:
+            self._recount_again = False
+            fresh = OnlineState(self.settings, self.catalog)
+            with self._lock:
+                target = self.follower.events_at
+            position = 0
+            while position < target and (batch := self.store.events_after(position, 10_000)):
+                records = [record for at, record in batch if at <= target]
+                fresh.apply(records)
+                position = batch[-1][0]
+            with self._lock:
+                while batch := self.store.events_after(position, 10_000):
+                    records = [record for at, record in batch if at <= self.follower.events_at]
+                    fresh.apply(records)
+                    if len(records) < len(batch):
+                        break
+                    position = batch[-1][0]
+                self.state.popularity, self.state.trending = fresh.popularity, fresh.trending
+                self.state.covisit, self.state.events_applied = fresh.covisit, fresh.events_applied
+            if not self._recount_again:
+                return
+
+    def _tell(self, caught: Caught) -> None:
+        """The listeners learn what the state applied (outside the lock)."""
+        if caught.events:
+            self.listeners.events_ingested(caught.events)
+        if caught.items:
+            self.listeners.items_upserted(caught.items)
+        if caught.users:
+            self.listeners.users_upserted(caught.users)
+        for user_id in caught.forgotten:
+            self.listeners.user_forgotten(user_id)
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -389,6 +515,7 @@ class Engine:
         return record
 
     def get_user(self, user_id: str, recent: int = 50) -> UserView:
+        self.catch_up()
         with self._lock:
             record = self.store.get_user(user_id)
             state = self.state.users.get(user_id)
@@ -426,6 +553,7 @@ class Engine:
         ranker over the sources' candidates), optional MMR diversification on text
         embeddings, the list rules (`apply_rules`), and a reason for each item.
         `weights` and `ranker` override what the service would use (an experiment's arm)."""
+        self.catch_up()
         with self._lock:
             ctx = self.user_context(user_id, category, exclude_seen)
             prior = weights is None and self.under_prior()
@@ -531,6 +659,7 @@ class Engine:
         their profile (PERSONAL_SEARCH_SHARE)."""
         if self.semantic is None:
             raise FeatureDisabled("semantic search needs the language-model layer (KAIROS_SEMANTIC_ENABLED)")
+        self.catch_up()
         with self._lock:
             vector = self.semantic.encoder.encode([query])[0]
             if user_id is not None:
@@ -577,6 +706,7 @@ class Engine:
         both fused (`hybrid`); topped up with the most popular of its categories."""
         if method not in SIMILAR_METHODS:
             raise ValueError(f"method must be one of {', '.join(SIMILAR_METHODS)}")
+        self.catch_up()
         with self._lock:
             idx = self.catalog.index.get(item_id)
             if idx is None:

@@ -1,6 +1,8 @@
 """The FastAPI app factory. The contract of /v1 is fixed: extend it, don't change it."""
 
 import asyncio
+import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
@@ -31,6 +33,8 @@ from kairos.engine import Engine, NotFound
 from kairos.experiments.service import ExperimentService
 from kairos.push.metrics import OutboxCollector, PushMetrics
 from kairos.push.service import PushService
+from kairos.replica.follower import FollowLoop
+from kairos.replica.leader import Candidacy, LeaderLease
 from kairos.schema import (
     EventBatch,
     ItemBatch,
@@ -45,6 +49,8 @@ from kairos.schema import (
 from kairos.store import ItemRecord
 from kairos.training.background import ModelManager, TrainingInProgress
 from kairos.training.pipeline import check_overrides
+
+log = logging.getLogger(__name__)
 
 
 def get_engine(request: Request) -> Engine:
@@ -99,20 +105,29 @@ class ActivateRequest(BaseModel):
     version: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-def create_app(engine: Engine, manage_models: bool = True, push: bool | None = None) -> FastAPI:
+def create_app(engine: Engine, manage_models: bool = True, push: bool | None = None,
+               owns_engine: bool = False) -> FastAPI:
     """`manage_models`: follow the model registry and train in the background (see
     training/background.py) for as long as the app runs. `push`: run push (triggers,
-    the outbox and its delivery; default: KAIROS_PUSH_ENABLED)."""
-    manager = ModelManager(engine)
+    the outbox and its delivery; default: KAIROS_PUSH_ENABLED).
+
+    Several processes may serve one database (`kairos serve --workers N`): each follows
+    the log; the one holding the leader lease (replica/leader.py) also trains, decides
+    and delivers push, and runs the language model. Live streams and reads work in all.
+    `owns_engine`: close the engine when the app stops (the leader saves the vector index)."""
+    lease = LeaderLease.for_database(engine.store_path())
+    leading = lease.try_acquire()
+    manager = ModelManager(engine, may_train=lambda: lease.held)
     metrics = ApiMetrics(engine)
+    follow = FollowLoop(engine.catch_up, engine.settings.follow_interval_s)
     push_service = None
     if engine.settings.push_enabled if push is None else push:
-        push_service = PushService(engine, metrics=PushMetrics(metrics.registry))
+        push_service = PushService(engine, metrics=PushMetrics(metrics.registry), decide=leading)
         metrics.registry.register(OutboxCollector(push_service.outbox))
     experiments = ExperimentService(engine.store_path(), clock=engine.clock)
     engine.listeners.add(experiments)  # attribution: events that name the list they answer
     llm_service = None
-    if engine.settings.llm != "off":
+    if engine.settings.llm != "off" and leading:  # one model per database: the leader's
         from kairos.llm.service import LlmService
 
         # A list that lands re-sends the user's live stream; notifications due later get the
@@ -123,9 +138,18 @@ def create_app(engine: Engine, manage_models: bool = True, push: bool | None = N
         if push_service is not None:
             push_service.copywriter = llm_service.write_copy
 
+    def elected() -> None:
+        """Another process held the lease and is gone: take over its background work."""
+        log.info("this process (pid %d) now leads %s", os.getpid(), engine.store_path())
+        if push_service is not None:
+            push_service.start_deciding()
+
+    candidacy = Candidacy(lease, elected, engine.settings.leader_retry_s)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         experiments.start()
+        follow.start()
         if manage_models:
             manager.start()
         if push_service is not None:
@@ -133,17 +157,24 @@ def create_app(engine: Engine, manage_models: bool = True, push: bool | None = N
             push_service.start()
         if llm_service is not None:
             llm_service.start()  # loads the model in its own thread: the port opens at once
+        if not leading:
+            candidacy.start()
         try:
             yield
         finally:
+            candidacy.stop()
             if llm_service is not None:
                 llm_service.stop()
             manager.stop()
             if push_service is not None:
                 push_service.stop()
                 push_service.close()
+            follow.stop()
             engine.listeners.remove(experiments)
             experiments.close()
+            if owns_engine:
+                engine.close(save_vectors=lease.held)
+            lease.release()
 
     app = FastAPI(
         title="Kairos",
@@ -152,6 +183,7 @@ def create_app(engine: Engine, manage_models: bool = True, push: bool | None = N
         lifespan=lifespan,
     )
     app.state.engine = engine
+    app.state.lease = lease
     app.state.models = manager
     app.state.push = push_service
     app.state.llm = llm_service
@@ -336,7 +368,10 @@ def create_app(engine: Engine, manage_models: bool = True, push: bool | None = N
 
     @app.get("/healthz", tags=["operations"])
     async def healthz(engine: EngineDep) -> dict[str, Any]:
-        return {"status": "ok", **engine.stats()}
+        """Counts of what this process serves, and where it stands: its process id, whether
+        it leads (trains, decides push) and its position in the log."""
+        return {"status": "ok", **engine.stats(), "process": os.getpid(), "leader": lease.held,
+                "log_position": engine.follower.events_at}
 
     @app.get("/metrics", tags=["operations"])
     def prometheus_metrics() -> Response:

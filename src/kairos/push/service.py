@@ -99,7 +99,10 @@ class Proposal:
 
 
 class PushService:
-    def __init__(self, engine: Engine, *, deliver: bool | None = None, metrics: PushMetrics | None = None) -> None:
+    def __init__(self, engine: Engine, *, deliver: bool | None = None, metrics: PushMetrics | None = None,
+                 decide: bool = True) -> None:
+        """`decide`: this process decides and delivers (the leader's push); otherwise it
+        serves the push API and live streams only, until `start_deciding`."""
         self.engine = engine
         self.settings: Settings = engine.settings
         self.clock = engine.clock
@@ -124,9 +127,8 @@ class PushService:
         }
         self.hub = LiveHub()
         self.tail = SentTail(self.outbox, self.hub, self.settings.push_poll_s)
-        deliver = self.settings.push_inline_worker if deliver is None else deliver
-        self.worker = (DeliveryWorker(self.outbox, self.settings, self.clock, self.channels, self._finished)
-                       if deliver else None)
+        self._deliver = self.settings.push_inline_worker if deliver is None else deliver
+        self.worker: DeliveryWorker | None = None
         self._changed_items: list[ItemRecord] = []
         self._items_lock = threading.Lock()
         self._wake = threading.Event()
@@ -137,7 +139,9 @@ class PushService:
         self._calibration_job: subprocess.Popen[str] | None = None
         self._calibration_started = 0.0
         self._skips: Counter[str] = Counter()
-        self._initialise()
+        self.deciding = False
+        if decide:
+            self._become_decider()
         engine.listeners.add(self)
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -155,12 +159,29 @@ class PushService:
                 PushDatabase.set_meta(db, "items_initialised", "1")
         self.vectors.mark_all()
 
+    def _become_decider(self) -> None:
+        self._initialise()
+        if self._deliver:
+            self.worker = DeliveryWorker(self.outbox, self.settings, self.clock, self.channels, self._finished)
+        self.deciding = True
+
     def start(self) -> None:
+        """The live streams always; the decider and delivery where this process decides."""
+        self.tail.start()
+        if self.deciding:
+            self._start_decider()
+
+    def start_deciding(self) -> None:
+        """Take over deciding and delivering (the process that did it is gone)."""
+        if not self.deciding:
+            self._become_decider()
+            self._start_decider()
+
+    def _start_decider(self) -> None:
         self._thread = threading.Thread(target=self._run, name="kairos-push-decider", daemon=True)
         self._thread.start()
         if self.worker is not None:
             self.worker.start()
-        self.tail.start()
 
     def stop(self) -> None:
         self._stop.set()
@@ -182,17 +203,20 @@ class PushService:
 
     def events_ingested(self, records: Sequence[EventRecord]) -> None:
         users = {r.user_id for r in records}
-        self.vectors.mark(users)
-        self.hub.poke("lists", users)
-        self._wake.set()
+        self.hub.poke("lists", users)  # live streams open on this process
+        if self.deciding:
+            self.vectors.mark(users)
+            self._wake.set()
 
     def items_upserted(self, records: Sequence[ItemRecord]) -> None:
-        with self._items_lock:
-            self._changed_items.extend(records)
-        self._wake.set()
+        if self.deciding:
+            with self._items_lock:
+                self._changed_items.extend(records)
+            self._wake.set()
 
     def users_upserted(self, records: Sequence[UserRecord]) -> None:
-        self.vectors.mark(r.user_id for r in records)
+        if self.deciding:
+            self.vectors.mark(r.user_id for r in records)
 
     def user_forgotten(self, user_id: str) -> None:
         self.vectors.forget(user_id)

@@ -2,7 +2,7 @@
 
 Each user's latest positive visits are their labels: the last one, and with a
 behaviour model whose network never trained on the last `holdout_tail` visits
-(models/sequential.py) each positive one among them — several examples per user
+(models/sequential/) each positive one among them — several examples per user
 where histories are long and users few. For each depth the online state is
 *rewound*: a fresh state over the same catalogue replays every event except each
 user's events from that depth's label on, so co-visitation, popularity, profiles,

@@ -144,6 +144,14 @@ class SemanticState:
                 for key, _, digest in changed:
                     self.item_hashes[key] = digest
 
+    def embed_items(self, items: Sequence[ItemRecord], show_progress: bool = False) -> None:
+        """Encode the items' texts into the caches (`sync_items` then finds them there)."""
+        texts = [text for item in items
+                 if (text := item_text(item, self.settings.item_text_template,
+                                       tuple(self.settings.item_text_attributes)))]
+        if texts:
+            self.embed(texts, show_progress=show_progress)
+
     def save(self, path: Path) -> None:
         """Persist the index and which text each key was encoded from (see `load`)."""
         with self._lock:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
@@ -37,9 +38,20 @@ class UserRecord:
     created_at: float = 0.0
 
 
+def forget_digest(user_id: str) -> str:
+    """How the change feed names a forgotten user (replicas hash the ids they hold)."""
+    return hashlib.sha256(b"kairos-forget\0" + user_id.encode("utf-8")).hexdigest()[:32]
+
+
 class Store(Protocol):
-    def append_events(self, events: Sequence[EventRecord], bare_items: Sequence[ItemRecord]) -> None:
-        """Store events (and the bare items their unknown ids create) in one transaction."""
+    """The durable log (events, by position) and the catalogue and profiles beside it.
+
+    Every change to items and users is also recorded in a change feed (`changes_after`):
+    a replica that follows the log re-reads what changed, so any process may write."""
+
+    def append_events(self, events: Sequence[EventRecord], bare_items: Sequence[ItemRecord]) -> int:
+        """Store events (and the bare items their unknown ids create) in one transaction;
+        returns the log position of the last one (the batch holds the positions below it)."""
         ...
 
     def iter_events(self, batch_size: int = 10_000) -> Iterator[list[EventRecord]]:
@@ -52,7 +64,21 @@ class Store(Protocol):
         ...
 
     def last_position(self) -> int:
-        """The log position of the latest stored event (0 for an empty log)."""
+        """The latest log position handed out (0 for an empty log); never decreases."""
+        ...
+
+    def log_version(self) -> int:
+        """A number that changes whenever another connection commits (cheap to ask: a
+        follower skips reading the log while it stays the same)."""
+        ...
+
+    def changes_after(self, position: int, limit: int = 10_000) -> list[tuple[int, str, str]]:
+        """(position, kind, key) of the change feed after `position`: kind `item` or `user`
+        (re-read it), or `forget` (key: `forget_digest` of the user forgotten)."""
+        ...
+
+    def last_change(self) -> int:
+        """The change feed's latest position (0 when empty); never decreases."""
         ...
 
     def user_events(self, user_id: str) -> list[EventRecord]:
@@ -61,14 +87,17 @@ class Store(Protocol):
 
     def count_events(self) -> int: ...
 
-    def upsert_items(self, items: Sequence[ItemRecord]) -> None: ...
+    def upsert_items(self, items: Sequence[ItemRecord]) -> int:
+        """Create or update items in one transaction; returns the change feed's position."""
+        ...
 
     def get_item(self, item_id: str) -> ItemRecord | None: ...
 
     def iter_items(self) -> Iterator[ItemRecord]: ...
 
-    def upsert_users(self, users: Sequence[UserRecord]) -> None:
-        """Create or update users in one transaction (a user keeps its first created_at)."""
+    def upsert_users(self, users: Sequence[UserRecord]) -> int:
+        """Create or update users in one transaction (a user keeps its first created_at);
+        returns the change feed's position."""
         ...
 
     def get_user(self, user_id: str) -> UserRecord | None: ...

@@ -9,18 +9,22 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from kairos.store.base import EventRecord, ItemRecord, UserRecord
+from kairos.store.base import EventRecord, ItemRecord, UserRecord, forget_digest
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    id        INTEGER PRIMARY KEY,
+SCHEMA_VERSION = 1  # PRAGMA user_version: 1 = log positions never reused, a change feed
+
+_EVENT_COLUMNS = """(
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
     user_id   TEXT NOT NULL,
     item_id   TEXT NOT NULL,
     type      TEXT NOT NULL,
     ts        REAL NOT NULL,
     value     REAL,
     context   TEXT
-);
+)"""
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events """ + _EVENT_COLUMNS + """;
 CREATE INDEX IF NOT EXISTS events_by_user ON events (user_id);
 CREATE TABLE IF NOT EXISTS items (
     item_id    TEXT PRIMARY KEY,
@@ -37,6 +41,24 @@ CREATE TABLE IF NOT EXISTS users (
     text       TEXT NOT NULL DEFAULT '',
     created_at REAL NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS changes (
+    seq  INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    key  TEXT NOT NULL,
+    UNIQUE (kind, key)
+);
+"""
+
+# A log position must never be handed out twice: a replica that has read up to N skips
+# everything at or below N. Plain INTEGER PRIMARY KEY reuses the largest id once it is
+# deleted (forgetting the user who wrote last); AUTOINCREMENT never does.
+_EVENTS_V1 = """
+CREATE TABLE events_v1 """ + _EVENT_COLUMNS + """;
+INSERT INTO events_v1 (id, user_id, item_id, type, ts, value, context)
+    SELECT id, user_id, item_id, type, ts, value, context FROM events ORDER BY id;
+DROP TABLE events;
+ALTER TABLE events_v1 RENAME TO events;
+CREATE INDEX events_by_user ON events (user_id);
 """
 
 _ITEM_UPSERT = """
@@ -92,13 +114,30 @@ class SQLiteStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA busy_timeout=30000")  # other processes write to the same log
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous}")
-        self._db.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        if self._db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+            return
+        with self._lock, self._transaction():  # one process migrates; the others find it done
+            if self._db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+                return
+            found = self._db.execute("SELECT sql FROM sqlite_master WHERE name = 'events'").fetchone()
+            if found is not None and "AUTOINCREMENT" not in found[0].upper():
+                for statement in _EVENTS_V1.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     # -- events ---------------------------------------------------------------------------
 
-    def append_events(self, events: Sequence[EventRecord], bare_items: Sequence[ItemRecord]) -> None:
+    def append_events(self, events: Sequence[EventRecord], bare_items: Sequence[ItemRecord]) -> int:
         rows = [
             (e.user_id, e.item_id, str(e.type), e.timestamp, e.value,
              _json(e.context) if e.context else None)
@@ -115,6 +154,8 @@ class SQLiteStore:
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 rows,
             )
+            # The write lock is held: the batch took the positions just below this one.
+            return self._last_rowid("events")
 
     def iter_events(self, batch_size: int = 10_000) -> Iterator[list[EventRecord]]:
         last_id = 0
@@ -141,7 +182,36 @@ class SQLiteStore:
 
     def last_position(self) -> int:
         with self._lock:
-            return int(self._db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0])
+            return self._last_rowid("events")
+
+    def _last_rowid(self, table: str) -> int:
+        """The largest position ever handed out (deleted rows included)."""
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,)).fetchone()
+        return int(row[0]) if row else 0
+
+    # -- the change feed: what replicas re-read besides events ------------------------------
+
+    def log_version(self) -> int:
+        # Changes when another connection commits; reads shared memory, not the file.
+        with self._lock:
+            return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+
+    def changes_after(self, position: int, limit: int = 10_000) -> list[tuple[int, str, str]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, kind, key FROM changes WHERE seq > ? ORDER BY seq LIMIT ?", (position, limit)
+            ).fetchall()
+        return [(int(row[0]), row[1], row[2]) for row in rows]
+
+    def last_change(self) -> int:
+        with self._lock:
+            return self._last_rowid("changes")
+
+    def _record_changes(self, kind: str, keys: Sequence[str]) -> int:
+        # REPLACE: one row per key, moved to the end of the feed by its latest change.
+        self._db.executemany("INSERT OR REPLACE INTO changes (kind, key) VALUES (?, ?)",
+                             [(kind, key) for key in dict.fromkeys(keys)])
+        return self._last_rowid("changes")
 
     def user_events(self, user_id: str) -> list[EventRecord]:
         with self._lock:
@@ -158,9 +228,10 @@ class SQLiteStore:
 
     # -- items ----------------------------------------------------------------------------
 
-    def upsert_items(self, items: Sequence[ItemRecord]) -> None:
+    def upsert_items(self, items: Sequence[ItemRecord]) -> int:
         with self._lock, self._transaction():
             self._db.executemany(_ITEM_UPSERT, [_item_row(item) for item in items])
+            return self._record_changes("item", [item.item_id for item in items])
 
     def get_item(self, item_id: str) -> ItemRecord | None:
         with self._lock:
@@ -181,7 +252,7 @@ class SQLiteStore:
 
     # -- users ----------------------------------------------------------------------------
 
-    def upsert_users(self, users: Sequence[UserRecord]) -> None:
+    def upsert_users(self, users: Sequence[UserRecord]) -> int:
         with self._lock, self._transaction():
             self._db.executemany(
                 "INSERT INTO users (user_id, attributes, text, created_at) VALUES (?, ?, ?, ?) "
@@ -189,6 +260,7 @@ class SQLiteStore:
                 "text = excluded.text",
                 [(u.user_id, _json(u.attributes), u.text, u.created_at) for u in users],
             )
+            return self._record_changes("user", [u.user_id for u in users])
 
     def get_user(self, user_id: str) -> UserRecord | None:
         with self._lock:
@@ -211,6 +283,9 @@ class SQLiteStore:
         with self._lock, self._transaction():
             deleted = self._db.execute("DELETE FROM events WHERE user_id = ?", (user_id,)).rowcount
             self._db.execute("DELETE FROM users WHERE user_id = ?", (user_id,))
+            self._db.execute("DELETE FROM changes WHERE kind = 'user' AND key = ?", (user_id,))
+            # Replicas learn of it by a digest: the feed keeps no id of a forgotten user.
+            self._record_changes("forget", [forget_digest(user_id)])
         return int(deleted)
 
     # -- plumbing -------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -63,8 +64,10 @@ def _now() -> str:
 class ModelManager:
     """Owns the background training process and follows the registry for the engine."""
 
-    def __init__(self, engine: Engine, poll_s: float | None = None) -> None:
+    def __init__(self, engine: Engine, poll_s: float | None = None,
+                 may_train: Callable[[], bool] = lambda: True) -> None:
         self.engine = engine
+        self.may_train = may_train  # processes that follow another's lead only load what it publishes
         self.settings = engine.settings
         self.poll_s = poll_s if poll_s is not None else self.settings.model_poll_s
         self._lock = threading.Lock()
@@ -161,6 +164,8 @@ class ModelManager:
     def _follow(self) -> None:
         while not self._stop.wait(self.poll_s):
             self._load_current()
+            if not self.may_train():
+                continue
             try:
                 self._maybe_train()
             except Exception:  # noqa: BLE001 - a scheduling hiccup must not stop the thread

@@ -1,0 +1,86 @@
+"""`kairos serve --workers 2`: two processes on one port over one database, each
+following the log. Whatever process takes an event, every process's next answer
+reflects it; a process killed with SIGKILL is replaced and loses nothing; the
+leader's background work moves to the survivor."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+WORKERS = {"KAIROS_WORKERS": "2"}
+ITEMS = [{"item_id": f"i{k}", "title": f"item {k}", "categories": ["c"]} for k in range(30)]
+
+
+def fresh_get(url: str, **params: Any) -> httpx.Response:
+    """A new connection each time, so the kernel may hand it to either process."""
+    with httpx.Client(timeout=10.0) as client:
+        return client.get(url, params=params)
+
+
+def processes(server: Any, attempts: int = 200) -> dict[int, dict[str, Any]]:
+    seen: dict[int, dict[str, Any]] = {}
+    for _ in range(attempts):
+        health = fresh_get(f"{server.url}/healthz").json()
+        seen[health["process"]] = health
+        if len(seen) == 2:
+            break
+    return seen
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            found = condition()
+        except httpx.TransportError:
+            found = None
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def test_two_processes_serve_every_write_to_every_reader(server_factory: Any) -> None:
+    server = server_factory(env=WORKERS)
+    seen = processes(server)
+    assert len(seen) == 2, "both processes answer"
+    assert sorted(h["leader"] for h in seen.values()) == [False, True], "exactly one leads"
+    with httpx.Client(base_url=server.url, timeout=10.0) as writer:
+        assert writer.post("/v1/items", json={"items": ITEMS}).status_code == 200
+        for k in range(40):
+            user = f"reader-{k}"
+            event = {"user_id": user, "item_id": f"i{k % 30}", "type": "click"}
+            assert writer.post("/v1/events", json={"events": [event]}).status_code == 200
+            # Read-your-writes through whichever process the next connection reaches.
+            recent = fresh_get(f"{server.url}/v1/users/{user}").json()["recent"]
+            assert [step["item_id"] for step in recent] == [f"i{k % 30}"], user
+            listed = fresh_get(f"{server.url}/v1/recommendations/{user}", n=5).json()["items"]
+            assert f"i{k % 30}" not in [item["item_id"] for item in listed]  # seen: excluded everywhere
+    # Both processes hold the same state.
+    counts = {pid: (h["events"], h["users"], h["items"]) for pid, h in processes(server).items()}
+    assert len(set(counts.values())) == 1, counts
+
+
+def test_a_killed_process_is_replaced_and_the_leader_moves(server_factory: Any, tmp_path: Any) -> None:
+    import os
+    import signal
+
+    server = server_factory(env=WORKERS)
+    seen = processes(server)
+    assert len(seen) == 2
+    with httpx.Client(base_url=server.url, timeout=10.0) as client:
+        client.post("/v1/items", json={"items": ITEMS})
+        for k in range(20):
+            client.post("/v1/events", json={"events": [{"user_id": f"u{k}", "item_id": "i1", "type": "click"}]})
+    leader = next(pid for pid, h in seen.items() if h["leader"])
+    os.kill(leader, signal.SIGKILL)
+    # The survivor takes the lease; the supervisor starts a new process in the dead one's place.
+    after = wait_for(lambda: (found := processes(server)) and len(found) == 2 and leader not in found
+                     and sum(h["leader"] for h in found.values()) == 1 and found, timeout=60)
+    assert all(h["events"] == 20 for h in after.values()), after
+    lease = (server.db_path.with_name(server.db_path.name + ".leader")).read_text().strip()
+    assert int(lease) in after and int(lease) != leader
