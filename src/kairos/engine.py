@@ -400,8 +400,7 @@ class Engine:
             self._forgot_here.add(forget_digest(user_id))
             deleted = self.store.forget_user(user_id)
             self.state.forget(user_id, events)
-            if self.semantic is not None:
-                self.semantic.forget(user_id)
+            self._forget_derived(user_id)
         self.listeners.user_forgotten(user_id)
         return deleted
 
@@ -458,10 +457,21 @@ class Engine:
             dropped = [user for user in known if forget_digest(user) in digests]
             for user in dropped:
                 self.state.users.pop(user, None)
-                if self.semantic is not None:
-                    self.semantic.forget(user)
+                self._forget_derived(user)
             self._recount_soon()
             return dropped
+
+    def _forget_derived(self, user_id: str) -> None:
+        """What was computed from the user's state: their semantic profile, the model's
+        query, their folded-in factors."""
+        if self.semantic is not None:
+            self.semantic.forget(user_id)
+        if self.state.sequential is not None:
+            self.state.sequential.forget(user_id)
+        for source in self.sources.values():
+            forget = getattr(source, "forget", None)
+            if forget is not None:
+                forget(user_id)
 
     def _recount_soon(self) -> None:
         if self._recount is not None and self._recount.is_alive():

@@ -18,13 +18,30 @@ from kairos.engine import Engine
 
 
 def ready_to_serve(engine: Engine) -> None:
-    """Before the port opens: a first request must not pay for an export or a load."""
+    """Before the port opens: a first request must not pay for an export or a load, and
+    a request's small matrix products run on the thread that serves it."""
+    single_threaded_kernels()
     if engine.semantic is not None:
         engine.semantic.warm_up()
     # The rebuilt state is millions of long-lived objects: move them out of the
     # collector's sight, or every full collection pauses serving for most of a second.
     gc.collect()
     gc.freeze()
+
+
+def single_threaded_kernels() -> None:
+    """One thread for BLAS, OpenMP (faiss) and torch's intra-op pool in a serving process.
+    A request's products are small; pools sized to the machine spin on cores that the
+    other requests (and processes) need, and a matrix-vector product waited for the next
+    scheduler tick on a busy 2-core machine (docs/benchmarks.md). Training runs in its
+    own process and keeps its own threads."""
+    import faiss
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+    faiss.omp_set_num_threads(1)
+    torch.set_num_threads(1)
 
 
 def worker_app() -> FastAPI:

@@ -74,6 +74,7 @@ class VectorIndex:
         self._graph: faiss.IndexHNSWFlat | None = None
         self._flat: faiss.IndexFlat | None = None
         self._dead = 0
+        self.generation = 0  # changes with every upsert or removal: results kept elsewhere expire
 
     # ------------------------------------------------------------------ inspection
 
@@ -138,6 +139,7 @@ class VectorIndex:
         if len(keys) == 0:
             return
         with self._lock:
+            self.generation += 1
             self._reserve(int(keys[-1]) + 1)
             if self._hnsw is None:
                 added = int((self._slot[keys] < 0).sum())
@@ -157,6 +159,7 @@ class VectorIndex:
             keys = keys[self._slot[keys] >= 0]
             if len(keys) == 0:
                 return 0
+            self.generation += 1
             if self._hnsw is None:
                 for key in keys.tolist():
                     self._exact_remove_one(key)

@@ -97,8 +97,11 @@ def _item_columns(state: OnlineState, ctx: UserContext, items: np.ndarray) -> li
                 for name in state.catalog.categories[step.item]:
                     counts[name] = counts.get(name, 0) + 1
             if counts:
-                match = np.array([max((counts.get(c, 0) for c in state.catalog.categories[i]), default=0)
-                                  for i in items.tolist()], dtype=float) / len(recent)
+                codes, code_of = state.catalog.category_codes()
+                shares = np.zeros(len(code_of) + 1)  # the last slot: the -1 padding, count 0
+                for name, count in counts.items():
+                    shares[code_of[name]] = count
+                match = shares[codes[items]].max(1) / len(recent)
     text_profile, text_recent = _text_columns(state, ctx, items)
     return [np.log1p(pop_share * n_catalog), np.log((trend_share + eps) / (pop_share + eps)), np.log1p(age),
             seen, match, text_profile, text_recent]

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from kairos.config import Settings
 from kairos.sources.als import AlsSource
-from kairos.sources.base import CandidateSource, Candidates, UserContext, top_k
+from kairos.sources.base import Candidates, CandidateSource, UserContext, top_k
 from kairos.sources.covisit import CovisitSource
 from kairos.sources.fresh import FreshSource
 from kairos.sources.popular import PopularSource

@@ -2,13 +2,16 @@
 
 At request time the user's recent visits come from the online state, which ingest
 updated synchronously, so the event acknowledged a moment ago is the last step of
-the model's input. The model scores every item (one encoder pass and one matrix
-product); the request's filters apply as a mask before the top k are taken.
+the model's input. The encoder reads the sequence once per event (the user's query is
+kept, under their state's revision, until their next event); each request scores every
+item from it with one matrix-vector product and the transition prior; the request's
+filters apply as a mask before the top k are taken.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,12 +24,16 @@ from kairos.state.users import SequenceStep
 if TYPE_CHECKING:
     import torch
 
-    from kairos.models import StepFeatures, TrainedModel  # torch: imported once a model serves
+    from kairos.models import (  # torch: imported once a model serves
+        StepFeatures,
+        TrainedModel,
+    )
 
 EXPLAIN_FROM_LAST = 10  # recent steps searched for the one closest to the proposed item
 
 # catalogue index -> unit text vector, or None when the item has no text
 TextVectorLookup = Callable[[int], np.ndarray | None]
+QUERIES_KEPT = 100_000  # users whose query is kept (about 0.3 KB each), least recently asked go first
 
 
 class ServedSequential:
@@ -60,7 +67,9 @@ class ServedSequential:
         self._extra: torch.Tensor | None = None  # text-only rows of items added after training
         self._extra_neighbours: np.ndarray | None = None  # their text neighbours (for the prior)
         self._vectors: np.ndarray | None = None
-        self._keys: np.ndarray | None = None  # item keys for push targeting (item_keys)
+        self._keys: np.ndarray | None = None  # item keys (push targeting, scoring a kept query)
+        # user -> (their state's revision, query, latest items): the encoder runs once per event
+        self._queries: OrderedDict[str, tuple[Hashable, np.ndarray, np.ndarray]] = OrderedDict()
         self._add_new_items(np.flatnonzero(self._model_of == 0))
 
     def with_prior_from(self, visits: dict[str, list[int]]) -> ServedSequential:
@@ -128,6 +137,13 @@ class ServedSequential:
     def model_index(self, catalogue_index: int) -> int:
         return int(self._model_of[catalogue_index]) if catalogue_index < len(self._model_of) else 0
 
+    def model_indices(self, catalogue_indices: np.ndarray) -> np.ndarray:
+        """`model_index` of many (0 for items the model has no row for)."""
+        inside = catalogue_indices < len(self._model_of)
+        out = np.zeros(len(catalogue_indices), dtype=np.int64)
+        out[inside] = self._model_of[catalogue_indices[inside]]
+        return out
+
     def inputs(self, steps: list[SequenceStep]) -> tuple[list[int], StepFeatures | None]:
         """The model's input: the user's visits to items it was trained on, oldest first."""
         from kairos.models import StepFeatures, event_token
@@ -174,14 +190,29 @@ class ServedSequential:
     def prior_columns(self, recent: np.ndarray, model_indices: np.ndarray) -> np.ndarray:
         return self.model.prior_columns(recent, model_indices, self._extra_neighbours)
 
-    def catalogue_scores(self, steps: list[SequenceStep]) -> np.ndarray | None:
+    def forget(self, user_id: str) -> None:
+        self._queries.pop(user_id, None)
+
+    def catalogue_scores(self, steps: list[SequenceStep], user: tuple[str, Hashable] | None = None
+                         ) -> np.ndarray | None:
         """Scores over catalogue indices (-inf where the model has no representation);
-        None when none of the user's visits is known to the model."""
+        None when none of the user's visits is known to the model. `user`: (id, a version
+        of their sequence, e.g. their state's revision): the query is computed once per version."""
         self.align()
-        items, features = self.inputs(steps)
-        if not items:
-            return None
-        scores = self.model.score_sequence(items, features, self._extra, self._extra_neighbours)
+        kept = self._queries.get(user[0]) if user is not None else None
+        if kept is not None and kept[0] == user[1]:  # type: ignore[index]
+            self._queries.move_to_end(user[0])  # type: ignore[index]
+            query, recent = kept[1], kept[2]
+        else:
+            items, features = self.inputs(steps)
+            if not items:
+                return None
+            query, recent = self.model.query(items, features)
+            if user is not None:
+                self._queries[user[0]] = (user[1], query, recent)
+                if len(self._queries) > QUERIES_KEPT:
+                    self._queries.popitem(last=False)
+        scores = self.model.scores_for(query, recent, self.item_keys(), self._extra_neighbours)
         out = np.full(len(self.catalog), -np.inf)
         placed = self._catalog_of >= 0
         out[self._catalog_of[placed]] = scores[placed]
@@ -198,7 +229,7 @@ class SequentialSource:
         served = self.state.sequential
         if served is None or ctx.user is None:
             return Candidates.empty()
-        logits = served.catalogue_scores(ctx.user.recent)
+        logits = served.catalogue_scores(ctx.user.recent, (ctx.user_id, ctx.user.revision))
         if logits is None:
             return Candidates.empty()
         logits = np.where(ctx.allowed, logits, -np.inf)
@@ -221,13 +252,14 @@ class SequentialSource:
         target = served.model_index(item)
         if target == 0:
             return None
-        steps = [s for s in reversed([s for s in ctx.user.recent if s.visit][-EXPLAIN_FROM_LAST:])
-                 if s.item != item and served.model_index(s.item) > 0]
-        if not steps:
+        visits = [s for s in reversed([s for s in ctx.user.recent if s.visit][-EXPLAIN_FROM_LAST:]) if s.item != item]
+        indices = served.model_indices(np.fromiter((s.item for s in visits), dtype=np.int64, count=len(visits)))
+        known = np.flatnonzero(indices > 0)
+        if not len(known):
             return None
         table = served.item_vectors()
-        closeness = table[[served.model_index(s.item) for s in steps]] @ table[target]
-        best = steps[int(np.argmax(closeness))]
+        closeness = table[indices[known]] @ table[target]
+        best = visits[int(known[int(np.argmax(closeness))])]
         title = self.state.catalog.titles[best.item] or self.state.catalog.ids[best.item]
         return f"what tends to come next in sequences like yours, after '{title}', which you " \
                f"{action_phrase(best.type, best.value)}"

@@ -21,6 +21,8 @@ class Catalog:
         self._created_at = np.zeros(1024, dtype=np.float64)
         self._by_category: dict[str, set[int]] = {}
         self._newest_first: np.ndarray | None = None
+        self._codes: np.ndarray | None = None  # (items, most categories of one item) category codes, -1 pad
+        self._code_of: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -51,6 +53,8 @@ class Catalog:
             for category in self.categories[idx]:
                 self._by_category[category].discard(idx)
         self.titles[idx] = item.title
+        if self.categories[idx] != tuple(item.categories) or idx == len(self.ids) - 1:
+            self._codes = None
         self.categories[idx] = tuple(item.categories)
         for category in item.categories:
             self._by_category.setdefault(category, set()).add(idx)
@@ -68,6 +72,18 @@ class Catalog:
         if self._newest_first is None or len(self._newest_first) != len(self.ids):
             self._newest_first = np.argsort(-self.created_at, kind="stable")
         return self._newest_first
+
+    def category_codes(self) -> tuple[np.ndarray, dict[str, int]]:
+        """Each item's categories as codes in a padded matrix (-1: none), and the codes;
+        rebuilt when an item arrives or changes categories."""
+        if self._codes is None or len(self._codes) != len(self.ids):
+            self._code_of = {name: code for code, name in enumerate(sorted(self._by_category))}
+            width = max((len(c) for c in self.categories), default=0)
+            codes = np.full((len(self.ids), max(width, 1)), -1, dtype=np.int32)
+            for idx, names in enumerate(self.categories):
+                codes[idx, : len(names)] = [self._code_of[name] for name in names]
+            self._codes = codes
+        return self._codes, self._code_of
 
     def category_mask(self, category: str) -> np.ndarray:
         mask = np.zeros(len(self.ids), dtype=bool)

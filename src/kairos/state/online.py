@@ -60,6 +60,7 @@ class OnlineState:
         if user is None:
             user = users[event.user_id] = UserState()
         user.event_count += 1
+        user.touch()
         if event.type != EventType.impression:
             visit = event.type not in NON_VISIT_TYPES
             step = SequenceStep(item, str(event.type), t, event.value, weight, visit)

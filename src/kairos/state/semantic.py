@@ -37,7 +37,7 @@ class UserProfile:
     """Forward-decayed weighted sum of item vectors; only its direction is used, so the
     common decay factor never needs applying."""
 
-    __slots__ = ("vector", "landmark", "events")
+    __slots__ = ("events", "landmark", "vector")
 
     def __init__(self, dim: int) -> None:
         self.vector = np.zeros(dim, dtype=np.float32)

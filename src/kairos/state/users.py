@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Iterator
 from typing import NamedTuple
+
+_REVISIONS = itertools.count(1)  # process-wide: no two states of any user share a revision
 
 
 class SequenceStep(NamedTuple):
@@ -17,12 +20,18 @@ class SequenceStep(NamedTuple):
 
 
 class UserState:
-    __slots__ = ("recent", "seen", "event_count")
+    __slots__ = ("event_count", "recent", "revision", "seen")
 
     def __init__(self) -> None:
         self.recent: list[SequenceStep] = []  # ordered by timestamp, oldest first
         self.seen: set[int] = set()
         self.event_count = 0
+        # Changes with every event applied: what is derived from the state once per event
+        # (the behaviour model's query, the ALS fold-in) is kept under it.
+        self.revision = 0
+
+    def touch(self) -> None:
+        self.revision = next(_REVISIONS)
 
     def insert(self, step: SequenceStep, max_length: int) -> int:
         """Insert in time order (after equal times); returns the step's position."""

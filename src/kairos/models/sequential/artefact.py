@@ -133,6 +133,52 @@ class TrainedModel:
         scores[:, 0] = -np.inf
         return scores, query.numpy(), [u.items for u in users]
 
+    # -- one user's request, in two halves: the query once per event, scores per request --
+
+    def query(self, sequence: Sequence[int], features: StepFeatures | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The network's query for one sequence (its scores are `item_keys() @ query`) and
+        its latest items, latest first (`transition_lags` of them, for the prior): all a
+        request needs of the sequence, so it can be kept until the user's next event."""
+        encoded = _encode_user(sequence, features, self.vocab)
+        keep = (encoded.items >= 1) & (encoded.items <= self.n_items)
+        user = _Encoded(encoded.items[keep], None if encoded.types is None else encoded.types[keep],
+                        None if encoded.gaps is None else encoded.gaps[keep])
+        length = max(1, min(self.config.max_len, len(user.items)))
+        items = torch.from_numpy(_pad([user.items], length))
+        types = torch.from_numpy(_pad([user.types], length)) if self.vocab is not None else None
+        gaps = torch.from_numpy(_pad([user.gaps], length)) if self.vocab is not None else None
+        with torch_threads(1), torch.inference_mode():
+            table = self.item_table()
+            query = self.module.head(self.module.last(items, table, types, gaps), table[:1])[0]
+        return query.numpy()[0].copy(), user.items[-self.config.transition_lags:][::-1].copy()
+
+    def scores_for(self, query: np.ndarray, recent: np.ndarray, keys: np.ndarray,
+                   extra_neighbours: np.ndarray | None = None) -> np.ndarray:
+        """What `score_sequence` gives, from `query` (recent items as `query` returns them)
+        and `item_keys(extra)`: one matrix-vector product and the prior's few sparse rows."""
+        scores = keys @ query
+        if self.config.transition_window:
+            scores += float(self.module.trans_scale) * self._log_prior_row(recent, len(scores), extra_neighbours)
+        scores[0] = -np.inf
+        return scores
+
+    def _log_prior_row(self, recent: np.ndarray, width: int, extra_neighbours: np.ndarray | None) -> np.ndarray:
+        """`_log_prior` for one user, summing the transition rows of their latest items
+        directly (no sparse matrices built per request)."""
+        module, config = self.module, self.config
+        n = module.n_items + 1
+        if self._transitions_csr is None:
+            self._log_prior([np.array([1])], n)  # builds the CSR and the smoothing once
+        csr = self._transitions_csr
+        decay = config.transition_decay ** np.arange(len(recent))
+        starts, ends = csr.indptr[recent], csr.indptr[recent + 1]
+        columns = np.concatenate([csr.indices[a:b] for a, b in zip(starts, ends, strict=True)] or [np.zeros(0, int)])
+        weights = np.concatenate([csr.data[a:b] * w for a, b, w in zip(starts, ends, decay, strict=True)]
+                                 or [np.zeros(0)])
+        prior = np.empty((1, width), dtype=np.float32)
+        prior[0, :n] = np.log(np.bincount(columns, weights, minlength=n) + self._smooth)
+        return self._price_cold(prior, extra_neighbours)[0]
+
     # -- item -> user targeting (push): one item scored for many users --
 
     def user_queries(self, sequences: Sequence[Sequence[int]],
@@ -232,6 +278,13 @@ class TrainedModel:
                                     shape=(len(sequences), n))
         prior = np.empty((len(sequences), width), dtype=np.float32)
         prior[:, :n] = np.log((mixture @ self._transitions_csr).toarray() + self._smooth[None, :])
+        return self._price_cold(prior, extra_neighbours)
+
+    def _price_cold(self, prior: np.ndarray, extra_neighbours: np.ndarray | None) -> np.ndarray:
+        """Items without transitions (cold, and extra columns past n_items) take the best
+        prior of their text neighbours, or the floor (in place; returns `prior`)."""
+        module, config = self.module, self.config
+        n = module.n_items + 1
         floor = math.log(0.01 / module.n_items)
         if self._cold is None:
             cold, neighbours = module.cold_items()
@@ -239,7 +292,7 @@ class TrainedModel:
         cold, neighbours = self._cold
         if len(cold):
             prior[:, cold] = prior[:, neighbours].max(-1) if neighbours.shape[1] else floor
-        if width > n:
+        if prior.shape[1] > n:
             if config.cold_prior == "floor" or extra_neighbours is None or not extra_neighbours.shape[1]:
                 prior[:, n:] = floor
             else:
