@@ -3,6 +3,7 @@ and the ALS source."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -135,3 +136,15 @@ def test_als_folds_a_new_user_in_from_their_events(tmp_path: Path) -> None:
     model.save(saved)
     again = AlsModel.load(saved)
     assert np.allclose(again.user_vector([0, 2, 4], [1.0] * 3), vector, atol=1e-4)
+
+
+def test_a_ranker_trained_on_other_features_is_not_served(tmp_path: Path) -> None:
+    engine = chain_engine(tmp_path, ranker="learned")
+    ranking = train_ranking_for(engine, publish=True)
+    assert ranking.ranker is not None
+    registry = ranking_registry(engine)
+    meta_path = registry.root / ranking.version / "ranking.json"
+    meta = json.loads(meta_path.read_text())
+    meta["features_version"] = 1
+    meta_path.write_text(json.dumps(meta))
+    assert registry.load() is None and registry.load() is None  # refused (and said once)

@@ -237,3 +237,49 @@ def test_hostile_inputs_each_get_a_clear_4xx_and_change_nothing(server_factory: 
             assert len(response.content) < 20_000, (label, "an error body must not echo the input")
         health = httpx.get(f"{server.url}/healthz").json()
         assert health["events"] == 0 and health["items"] == 0 and health["users"] == 0
+
+
+def test_a_forgotten_user_is_in_no_table_and_no_file(server_factory: Any, tmp_path: Path) -> None:
+    """Every trace a user leaves (events, profile and stated text, push preferences and
+    notifications, experiment exposures and outcomes, the change feed) is gone after
+    DELETE: counted by searching every text column of every table, and every file the
+    server keeps beside the database (the vector index), for the id and the text."""
+    import sqlite3
+
+    db = tmp_path / "forget.db"
+    ghost, text = "ghost-7f3a9", "private interests: rare orchids"
+    server = server_factory(db)
+    with server.client() as client:
+        client.post("/v1/items", json={"items": [{"item_id": f"sku-{k}", "title": f"orchid {k}"} for k in range(8)]})
+        client.post("/v1/experiments", json={"id": "exp", "metric": "click", "arms": [
+            {"name": "a", "config": {}, "traffic": 0.5}, {"name": "b", "config": {"diversity": 0.3}, "traffic": 0.5}]})
+        client.put(f"/v1/users/{ghost}", json={"text": text})
+        client.put(f"/v1/users/{ghost}/push", json={"timezone": "Europe/Paris"})
+        client.post("/v1/events", json=events(ghost, 3))
+        listed = client.get(f"/v1/recommendations/{ghost}").json()
+        client.post("/v1/events", json={"events": [{"user_id": ghost, "item_id": listed["items"][0]["item_id"],
+                                                    "type": "click", "request_id": listed["request_id"]}]})
+        client.post("/v1/push/campaigns", json={"item_id": "sku-3", "audience": {"user_ids": [ghost]}})
+        client.post("/v1/events", json=events("bystander", 2))
+        time.sleep(1.0)  # exposures are flushed within 0.5 s
+        with sqlite3.connect(db) as conn:
+            assert _rows_mentioning(conn, ghost) > 5  # the search finds what is there
+        assert client.delete(f"/v1/users/{ghost}").status_code == 200
+    server.stop()
+    with sqlite3.connect(db) as conn:
+        assert _rows_mentioning(conn, ghost) == 0
+        assert _rows_mentioning(conn, text) == 0
+        assert conn.execute("SELECT count(*) FROM events WHERE user_id = 'bystander'").fetchone()[0] == 2
+    for path in tmp_path.rglob("*"):
+        if path.is_file() and not path.name.startswith("forget.db"):
+            assert ghost.encode() not in path.read_bytes(), path
+
+
+def _rows_mentioning(conn: Any, needle: str) -> int:
+    found = 0
+    for (table,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+        columns = [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
+        clauses = " OR ".join(f"CAST({c} AS TEXT) LIKE ?" for c in columns)
+        found += conn.execute(f"SELECT count(*) FROM {table} WHERE {clauses}",
+                              [f"%{needle}%"] * len(columns)).fetchone()[0]
+    return found

@@ -222,6 +222,7 @@ class PushService:
         self.vectors.forget(user_id)
         self.preferences.forget(user_id)
         self.outbox.forget(user_id)
+        self.triggers.forget(user_id)
 
     # -- the decider ----------------------------------------------------------------------
 

@@ -44,6 +44,15 @@ class Trigger:
     id: int | None = None
 
 
+def without_user(value: Any, user_id: str) -> Any:
+    """`value` (decoded JSON) with the user's id taken out of every list that holds it."""
+    if isinstance(value, dict):
+        return {key: without_user(item, user_id) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_user(item, user_id) for item in value if item != user_id]
+    return value
+
+
 class TriggerQueue:
     """Trigger rows: pending until the decider turns them into notifications (or nothing)."""
 
@@ -68,6 +77,21 @@ class TriggerQueue:
                        "received_at = excluded.received_at, due_at = excluded.due_at, status = 'pending', "
                        "decided_at = NULL, outcome = NULL",
                        [(t.kind, t.key, dumps(t.payload), t.received_at, t.due_at) for t in triggers])
+
+    def forget(self, user_id: str) -> None:
+        """A forgotten user's triggers go; campaigns that named them keep the others."""
+        with self.db.transaction() as db:
+            db.execute("DELETE FROM push_triggers WHERE key = ? OR json_extract(payload, '$.user_id') = ?",
+                       (user_id, user_id))
+            for table, key, column in (("push_triggers", "id", "payload"), ("push_campaigns", "id", "request")):
+                # instr finds the candidates; the JSON decides (an id may be part of another).
+                rows = db.execute(f"SELECT {key}, {column} FROM {table} WHERE instr({column}, ?) > 0",
+                                  (user_id,)).fetchall()
+                for row_key, text in rows:
+                    value = json.loads(text)
+                    cleaned = without_user(value, user_id)
+                    if cleaned != value:
+                        db.execute(f"UPDATE {table} SET {column} = ? WHERE {key} = ?", (dumps(cleaned), row_key))
 
     def due(self, now: float, limit: int = 100) -> list[Trigger]:
         rows = self.db.query("SELECT id, kind, key, payload, received_at, due_at FROM push_triggers "

@@ -31,6 +31,9 @@ FEATURES = (
     "history_length", "hours_between_last_two", "last_event_type", "last_event_weight",
 )
 CATEGORICAL = ("last_event_type",)
+# Bumped when a feature's meaning changes: a ranker trained on another version is not
+# served (the background trainer trains a new one). 2: `popular_score` is a share.
+FEATURES_VERSION = 2
 
 
 @dataclass(slots=True)

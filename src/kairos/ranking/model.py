@@ -11,22 +11,27 @@ Three regimes, by how much the log can teach (docs/ranking.md):
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from kairos.models.als import AlsModel
-from kairos.ranking.features import pool_features
+from kairos.ranking.features import FEATURES_VERSION, pool_features
 from kairos.ranking.fusion import Fused
 from kairos.ranking.learned import LearnedRanker
 from kairos.sources.base import UserContext
 from kairos.state.online import OnlineState
 from kairos.training.registry import _write_atomically
+
+log = logging.getLogger(__name__)
+_REFUSED: set[str] = set()  # versions trained on other features, said once
 
 Mode = Literal["learned", "fitted", "configured"]
 CURRENT = "CURRENT"
@@ -68,10 +73,10 @@ class RankingModel:
 
 
 def new_version() -> str:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     # Microseconds: names sort by age, and the registry keeps the newest by name.
-    return datetime.now(timezone.utc).strftime("rank-%Y%m%d-%H%M%S-%f-") + uuid.uuid4().hex[:4]
+    return datetime.now(UTC).strftime("rank-%Y%m%d-%H%M%S-%f-") + uuid.uuid4().hex[:4]
 
 
 class RankingRegistry:
@@ -90,7 +95,8 @@ class RankingRegistry:
         if model.als is not None:
             model.als.save(tmp)
         meta = {"version": model.version, "mode": model.mode, "weights": model.weights,
-                "sequential_version": model.sequential_version, "report": model.report}
+                "sequential_version": model.sequential_version, "report": model.report,
+                "features_version": FEATURES_VERSION}
         (tmp / META).write_text(json.dumps(meta, indent=1))
         final = self.root / model.version
         os.replace(tmp, final)
@@ -110,6 +116,13 @@ class RankingRegistry:
             return None
         path = self.root / version
         meta = json.loads((path / META).read_text())
+        if (path / "ranker.txt").exists() and meta.get("features_version", 1) != FEATURES_VERSION:
+            if version in _REFUSED:
+                return None
+            _REFUSED.add(version)
+            log.warning("ranking model %s was trained on other features (version %s, now %s): not served "
+                        "until one is trained for these", version, meta.get("features_version", 1), FEATURES_VERSION)
+            return None
         ranker = LearnedRanker.load(path / "ranker.txt") if (path / "ranker.txt").exists() else None
         als = AlsModel.load(path) if (path / "als.json").exists() else None
         return RankingModel(meta["version"], meta["mode"], meta["weights"], ranker, als,

@@ -248,7 +248,7 @@ def _folds(owners: Sequence[str], seed: int) -> list[tuple[np.ndarray, np.ndarra
         return np.array(sorted(r for user in group for r in rows_of[user]), dtype=np.int64)
 
     if len(owners) >= CV_BELOW:
-        cut = max(1, int(round(len(users) * VALID_SHARE)))
+        cut = max(1, round(len(users) * VALID_SHARE))
         return [(rows(order[cut:]), rows(order[:cut]))]
     parts = [list(part) for part in np.array_split(np.array(order, dtype=object), min(CV_FOLDS, len(users)))]
     return [(rows([u for j, q in enumerate(parts) if j != i for u in q]), rows(part))

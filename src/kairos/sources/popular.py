@@ -14,7 +14,11 @@ class PopularSource:
 
     def candidates(self, ctx: UserContext, k: int) -> Candidates:
         scores = self.state.popularity.ranking_scores(len(self.state.catalog))
-        return top_k(scores, k, ctx.allowed)
+        found = top_k(scores, k, ctx.allowed)
+        # Shares of all engagement: the decayed sums themselves grow without bound over
+        # years of log (forward decay), far past what a float32 feature holds.
+        total = float(scores.sum())
+        return Candidates(found.items, found.scores / total) if total > 0 else found
 
     def explain(self, ctx: UserContext, item: int) -> str | None:
         if ctx.category:
