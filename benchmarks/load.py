@@ -139,6 +139,7 @@ class Server:
     """`kairos serve` in its own process group, stopped whatever happens."""
 
     def __init__(self, db: Path, workers: int, log: Path, env: dict[str, str]) -> None:
+        self.workers = workers
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
         self.log = log.open("ab")
@@ -203,7 +204,12 @@ def scripts(args: argparse.Namespace, db: Path) -> tuple[Path, Path]:
 
 
 def recommend_phase(server: Server, script: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
-    wrk(server.url, script, 8, 3)  # warm-up: every user's query computed once, pages touched
+    # Warm-up long enough that every process has served every user a few times: what is
+    # computed once per event (the behaviour model's query, the ALS fold-in, the semantic
+    # search) is then computed, as for a user who comes back without a new event. The
+    # first request after an event pays for it: the ingest phase measures requests while
+    # events arrive.
+    wrk(server.url, script, 8, 15)
     rows = []
     for clients in args.levels:
         row = wrk(server.url, script, clients, args.duration)

@@ -73,7 +73,11 @@ TRIGGERS_PER_STEP = 50
 DIGEST_SCAN_S = 600.0  # how often users are checked for a digest due within the hour
 CALIBRATION_CHECK_S = 30.0
 COPY_LEAD_S = 60.0  # a notification due at least this much later gets the language model's text, if it runs
-BACKGROUND_MODEL_ROWS = 512  # behaviour-model rows recomputed per idle decider pass
+BACKGROUND_MODEL_ROWS = 64  # behaviour-model rows recomputed per idle decider pass (a transformer pass each)
+# Idle passes refresh users' rows at most this often: under a steady stream of events every
+# user is always dirty, and recomputing them as fast as they change took the CPU that
+# ingest and requests need. Targeting refreshes what it reads before it scores anyway.
+VECTORS_REFRESH_S = 2.0
 FEEDBACK_EVENTS = {"opened": EventType.push_open, "clicked": EventType.push_click,
                    "dismissed": EventType.push_dismiss}
 
@@ -135,6 +139,7 @@ class PushService:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._digest_scan_at = float("-inf")
+        self._vectors_refreshed_at = float("-inf")
         self._calibration_checked_at = time.monotonic()
         self._calibration_job: subprocess.Popen[str] | None = None
         self._calibration_started = 0.0
@@ -235,13 +240,17 @@ class PushService:
                 busy = 0
             if busy:
                 continue
-            try:
-                self.vectors.refresh(BACKGROUND_MODEL_ROWS)  # catch up while idle
-            except Exception:  # noqa: BLE001
-                log.exception("could not refresh the push user vectors")
-            if not self.vectors.pending:
-                self._wake.wait(self._idle_wait())
-                self._wake.clear()
+            if time.monotonic() - self._vectors_refreshed_at >= VECTORS_REFRESH_S:
+                self._vectors_refreshed_at = time.monotonic()
+                try:
+                    self.vectors.refresh(BACKGROUND_MODEL_ROWS)  # catch up while idle
+                except Exception:  # noqa: BLE001
+                    log.exception("could not refresh the push user vectors")
+            wait = self._idle_wait()
+            if self.vectors.pending:
+                wait = min(wait, max(0.001, VECTORS_REFRESH_S - (time.monotonic() - self._vectors_refreshed_at)))
+            self._wake.wait(wait)
+            self._wake.clear()
 
     def _idle_wait(self) -> float:
         wait = self.settings.push_poll_s
