@@ -24,4 +24,17 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "loadavg_start": list(os.getloadavg()),
+        "cpu_check_s": cpu_check(),
     }
+
+
+def cpu_check() -> float:
+    """Seconds for a fixed pure-Python loop: shared virtual machines change speed from
+    hour to hour, so figures are only comparable where this is."""
+    import time
+
+    started = time.perf_counter()
+    total = 0
+    for i in range(5_000_000):
+        total += i
+    return round(time.perf_counter() - started, 3)

@@ -80,7 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", default="1,2", help="`kairos serve --workers` values measured.")
     parser.add_argument("--levels", default="1,8,64", help="Concurrent clients.")
     parser.add_argument("--duration", type=float, default=10.0, help="Seconds per measurement.")
-    parser.add_argument("--phases", default="recommend,ingest,visibility")
+    parser.add_argument("--phases", default="cpu,recommend,ingest,visibility")
     parser.add_argument("--visibility-trials", type=int, default=200)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--env", nargs="*", default=[], metavar="NAME=VALUE",
@@ -279,6 +279,32 @@ def visibility_phase(db: Path, args: argparse.Namespace, env: dict[str, str]) ->
     return result
 
 
+def cpu_phase(db: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """In process, CPU time of one Engine.recommend (n=10) for every user: the first pass
+    computes what is kept per event (cold), the second reads it (warm); with the ranking
+    model served and with KAIROS_RANKER=off."""
+    from kairos.api.workers import single_threaded_kernels
+    from kairos.config import Settings
+    from kairos.engine import Engine
+
+    single_threaded_kernels()
+    result: dict[str, Any] = {}
+    for label, overrides in (("ranker", {}), ("ranker_off", {"ranker": "off"})):
+        engine = Engine(Settings(db_path=db, sequential_auto_train=False, **overrides))
+        users = sorted(engine.state.users)
+        passes = []
+        for _ in range(2):
+            started = time.process_time()
+            for user in users:
+                engine.recommend(user, 10)
+            passes.append(round((time.process_time() - started) / len(users) * 1000, 3))
+        result[label] = {"mode": engine.ranking.mode if engine.ranking is not None else "configured",
+                         "cold_ms": passes[0], "warm_ms": passes[1], "users": len(users)}
+        engine.close(save_vectors=False)
+        print(f"  {label}: cold {passes[0]:.2f} ms, warm {passes[1]:.2f} ms CPU per request", flush=True)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     db = prepare(args)
@@ -289,7 +315,12 @@ def main(argv: list[str] | None = None) -> int:
         "command": shlex.join([sys.executable, *sys.argv]), "machine": machine_info(), "targets": TARGETS,
         "dataset": args.data.name, "env": env, "runs": [],
     }
+    if "cpu" in args.phases:
+        print("CPU per request, in process", flush=True)
+        document["cpu"] = cpu_phase(db, args)
     for workers in args.workers:
+        if not args.phases & {"recommend", "ingest"}:
+            break
         print(f"--workers {workers}", flush=True)
         # A copy per run: the ingest phase adds events, and each run starts from the same log.
         copy = args.workdir / f"run-{workers}.db"

@@ -70,35 +70,17 @@ def _fail(error: Exception) -> typer.Exit:
 AppendOption = Annotated[bool, typer.Option("--append", help="Add to a store that already holds events.")]
 
 
-def _serve(engine: Engine, host: str, port: int, workers: int = 1) -> None:
-    """One process serving `engine`, or `workers` processes over its database (the
-    engine is closed first: each process opens its own and follows the log)."""
+def _serve(engine: Engine, host: str, port: int) -> None:
+    """One process serving `engine`."""
     import uvicorn
 
     from kairos.api import create_app
     from kairos.api.protocol import http_protocol
     from kairos.api.workers import ready_to_serve
 
-    stats = engine.stats()
-    settings = engine.settings
-    if not _keys_configured(settings) and host not in LOOPBACK:
-        logging.getLogger("kairos").warning(
-            "serving on %s without API keys: anyone who reaches it may write events and delete users "
-            "(set KAIROS_API_KEYS or run `kairos keys create`)", host)
-    processes = f" in {workers} processes" if workers > 1 else ""
-    if workers > 1:
-        if engine.semantic is not None:
-            engine.semantic.warm_up()  # the text model exported once, not by each process at once
-        engine.close()
-        # The processes read their settings from the environment, this database included.
-        os.environ["KAIROS_DB_PATH"] = str(Path(settings.db_path).resolve())
-        console.print(
-            f"[bold green]Kairos[/] serving {stats['items']:,} items, {stats['users']:,} users, "
-            f"{stats['events']:,} events{processes} on http://{host}:{port}  (API docs: http://{host}:{port}/docs)")
-        uvicorn.run("kairos.api.workers:worker_app", factory=True, workers=workers, host=host, port=port,
-                    log_level="warning", http=http_protocol())
-        return
+    _warn_if_open(engine.settings, host)
     ready_to_serve(engine)
+    stats = engine.stats()
     console.print(
         f"[bold green]Kairos[/] serving {stats['items']:,} items, {stats['users']:,} users, "
         f"{stats['events']:,} events (state rebuilt in {stats['rebuild_seconds']:.1f}s) "
@@ -106,6 +88,37 @@ def _serve(engine: Engine, host: str, port: int, workers: int = 1) -> None:
     )
     uvicorn.run(create_app(engine, owns_engine=True), host=host, port=port, log_level="warning",
                 http=http_protocol())
+
+
+def _serve_processes(settings: Settings, host: str, port: int, workers: int) -> None:
+    """`workers` processes over one database: each opens its own engine and follows the
+    log (api/workers.py). This process only supervises: it opens no engine of its own."""
+    import uvicorn
+
+    from kairos.api.protocol import http_protocol
+    from kairos.store import SQLiteStore
+
+    _warn_if_open(settings, host)
+    store = SQLiteStore(settings.db_path, synchronous=settings.sqlite_synchronous)  # migrated once, here
+    events = store.count_events()
+    store.close()
+    if settings.semantic_enabled:
+        from kairos.text.encoder import prepare_encoder
+
+        prepare_encoder(settings)  # exported once, not by every process at once
+    # The processes read their settings from the environment, this database included.
+    os.environ["KAIROS_DB_PATH"] = str(Path(settings.db_path).resolve())
+    console.print(f"[bold green]Kairos[/] serving {settings.db_path} ({events:,} events) in {workers} processes "
+                  f"on http://{host}:{port}  (API docs: http://{host}:{port}/docs)")
+    uvicorn.run("kairos.api.workers:worker_app", factory=True, workers=workers, host=host, port=port,
+                log_level="warning", http=http_protocol())
+
+
+def _warn_if_open(settings: Settings, host: str) -> None:
+    if not _keys_configured(settings) and host not in LOOPBACK:
+        logging.getLogger("kairos").warning(
+            "serving on %s without API keys: anyone who reaches it may write events and delete users "
+            "(set KAIROS_API_KEYS or run `kairos keys create`)", host)
 
 
 def _workers(option: int | None, settings: Settings) -> int:
@@ -147,8 +160,11 @@ def serve(
 ) -> None:
     """Serve the HTTP API (OpenAPI docs at /docs)."""
     settings = _settings(db)
-    engine = open_engine(settings)
-    _serve(engine, host or settings.host, port or settings.port, _workers(workers, settings))
+    processes = _workers(workers, settings)
+    if processes > 1:
+        _serve_processes(settings, host or settings.host, port or settings.port, processes)
+        return
+    _serve(open_engine(settings), host or settings.host, port or settings.port)
 
 
 @import_app.command("movielens")
@@ -450,8 +466,12 @@ def demo(
         console.print(f"[green]demo data[/] {report}")
     else:
         console.print(f"[yellow]{db} already holds data; serving it (delete the file for a fresh demo)[/]")
-    if serve_after:
-        _serve(engine, host, port, _workers(workers, settings))
+    processes = _workers(workers, settings)
+    if serve_after and processes > 1:
+        engine.close()
+        _serve_processes(settings, host, port, processes)
+    elif serve_after:
+        _serve(engine, host, port)
     else:
         engine.close()
 
