@@ -298,7 +298,8 @@ def cpu_phase(db: Path, args: argparse.Namespace) -> dict[str, Any]:
             for user in users:
                 engine.recommend(user, 10)
             passes.append(round((time.process_time() - started) / len(users) * 1000, 3))
-        result[label] = {"mode": engine.ranking.mode if engine.ranking is not None else "configured",
+        served = engine.ranking.mode if engine.ranking is not None else "configured"
+        result[label] = {"mode": "off" if overrides else served,
                          "cold_ms": passes[0], "warm_ms": passes[1], "users": len(users)}
         engine.close(save_vectors=False)
         print(f"  {label}: cold {passes[0]:.2f} ms, warm {passes[1]:.2f} ms CPU per request", flush=True)
