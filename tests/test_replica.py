@@ -130,3 +130,28 @@ def test_a_writer_alone_applies_its_own_batches_without_reading_them_back(tmp_pa
         engine.ingest_records(clicks("u", [f"i{k}" for k in range(start, start + batch)], T0 + start))
     assert reads == [] and engine.state.events_applied == 1000
     engine.close()
+
+
+def test_a_process_starts_from_a_snapshot_and_follows_the_log_from_there(tmp_path: Path) -> None:
+    from kairos.replica import snapshot as snapshots
+
+    path = tmp_path / "k.db"
+    writer = engine_at(path, popularity_half_life_s=0)
+    writer.upsert_items([Item(item_id=f"i{k}", title=f"item {k}") for k in range(5)])
+    writer.ingest_records(clicks("u1", ["i0", "i1", "i2"]) + clicks("u2", ["i1", "i3"], T0 + 50))
+    assert snapshots.reap(writer.snapshot_to(), wait=True)
+    writer.ingest_records(clicks("u1", ["i4"], T0 + 100))  # after the snapshot: from the log
+    writer.upsert_items([Item(item_id="i9", title="late arrival")])
+    started = engine_at(path, popularity_half_life_s=0)
+    assert started.started_from == "snapshot"
+    replayed = engine_at(path, snapshot_interval_s=0, popularity_half_life_s=0)
+    assert replayed.started_from == "log"
+    assert fingerprint(started) == fingerprint(writer) == fingerprint(replayed)
+    assert [i.item_id for i in started.recommend("u2", 3).items] == [i.item_id for i in writer.recommend("u2", 3).items]
+    # Made under other settings, or holding a user since forgotten: not used.
+    assert engine_at(path, popularity_half_life_s=60).started_from == "log"
+    writer.forget_user("u1")
+    assert not started.snapshot_path().exists()
+    assert engine_at(path, popularity_half_life_s=0).started_from == "log"
+    for engine in (writer, started, replayed):
+        engine.close()

@@ -84,3 +84,24 @@ def test_a_killed_process_is_replaced_and_the_leader_moves(server_factory: Any, 
     assert all(h["events"] == 20 for h in after.values()), after
     lease = (server.db_path.with_name(server.db_path.name + ".leader")).read_text().strip()
     assert int(lease) in after and int(lease) != leader
+
+
+def test_a_restart_starts_from_the_snapshot_the_leader_left(server_factory: Any, tmp_path: Any) -> None:
+    db = tmp_path / "snap.db"
+    env = {**WORKERS, "KAIROS_SNAPSHOT_MIN_EVENTS": "0"}
+    server = server_factory(db, env=env)
+    with httpx.Client(base_url=server.url, timeout=10.0) as client:
+        client.post("/v1/items", json={"items": ITEMS})
+        for k in range(30):
+            client.post("/v1/events", json={"events": [{"user_id": f"u{k % 7}", "item_id": f"i{k % 30}",
+                                                        "type": "click"}]})
+    before = processes(server)
+    server.stop()  # the leader writes one as it stops
+    assert db.with_name("snap.db.snapshot").exists()
+    restarted = server_factory(db, env=env)
+    after = processes(restarted)
+    assert {h["started_from"] for h in after.values()} == {"snapshot"}
+    keys = ("events", "users", "items", "log_position")
+    assert {tuple(h[k] for k in keys) for h in after.values()} == {tuple(h[k] for k in keys) for h in before.values()}
+    recent = fresh_get(f"{restarted.url}/v1/users/u3").json()["recent"]
+    assert [step["item_id"] for step in recent] == ["i24", "i17", "i10", "i3"]

@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     follow_interval_s: float = Field(
         default=0.01, gt=0, description="How often a serving process reads what others wrote to the log when "
         "no request asks (a request always catches up first).")
+    snapshot_interval_s: float = Field(
+        default=300.0, ge=0, description="How often the leading process writes a snapshot of the online state "
+        "(<db>.snapshot) while the log moves, and once when it stops; a process starts from the newest and "
+        "follows the log from its position. 0: never (every start replays the whole log).")
+    snapshot_min_events: int = Field(
+        default=10_000, ge=0, description="No snapshot below this many events: replaying them is as quick.")
     leader_retry_s: float = Field(
         default=1.0, gt=0, description="How often a process that does not lead tries for the leader lease "
         "(it takes over training, push and the language model when the leader is gone).")

@@ -32,6 +32,7 @@ from kairos.ranking.fusion import RRF_K
 from kairos.ranking.model import RankingModel
 from kairos.ranking.prior import PRIOR_RRF_K, prior_weights
 from kairos.ranking.rules import ListRule
+from kairos.replica import snapshot as snapshots
 from kairos.replica.follower import Caught, LogFollower
 from kairos.schema import (
     Event,
@@ -138,6 +139,8 @@ class Engine:
         self._forgot_here: set[str] = set()  # digests of users this process forgot exactly
         self._recount: threading.Thread | None = None  # aggregates recounted after a forget elsewhere
         self._recount_again = False
+        self._closing = threading.Event()
+        self.started_from = "log"  # or "snapshot": how the state was rebuilt at start
         self._reset_state()
         self.rebuild_seconds = 0.0
         if rebuild:
@@ -150,9 +153,29 @@ class Engine:
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    def rebuild_state(self, progress: ProgressCallback | None = None) -> None:
-        """Reload items and replay every stored event, in acknowledgement order."""
+    def rebuild_state(self, progress: ProgressCallback | None = None, use_snapshot: bool = True) -> None:
+        """Start from the newest usable snapshot and follow the log from its position, or
+        reload items and replay every stored event, in acknowledgement order."""
         started = time.perf_counter()
+        with self._lock:
+            found = (snapshots.read(self.snapshot_path(), self.settings, self.store.last_position(),
+                                    self.store.last_change())
+                     if use_snapshot and self.settings.snapshot_interval_s > 0 else None)
+            if found is not None:
+                self._restore(found)
+            else:
+                self._replay(progress)
+            self.started_from = "snapshot" if found is not None else "log"
+            if self.registered is not None:
+                self.state.sequential = self._served(self.registered)
+                self.state.als = self.ranking.als if self.ranking is not None else None
+            else:
+                self._load_model_at_start()
+        if found is not None:
+            self.catch_up()  # what the log gained since the snapshot
+        self.rebuild_seconds = time.perf_counter() - started
+
+    def _replay(self, progress: ProgressCallback | None) -> None:
         with self._lock:
             self._reset_state()
             changes_at = self.store.last_change()  # first: a change during the read is re-read
@@ -174,12 +197,51 @@ class Engine:
                 if progress:
                     progress(len(records))
             self.follower.start_at(events_at, changes_at)
-            if self.registered is not None:
-                self.state.sequential = self._served(self.registered)
-                self.state.als = self.ranking.als if self.ranking is not None else None
-            else:
-                self._load_model_at_start()
-        self.rebuild_seconds = time.perf_counter() - started
+
+    def _restore(self, snapshot: snapshots.Snapshot) -> None:
+        parts = snapshot.parts
+        with self._lock:
+            self._reset_state(parts["catalog"])
+            state = self.state
+            state.users, state.popularity, state.trending = parts["users"], parts["popularity"], parts["trending"]
+            state.covisit, state.events_applied = parts["covisit"], parts["events_applied"]
+            for user in state.users.values():
+                user.touch()  # revisions are this process's own: nothing kept may match an old one
+            if self.semantic is not None:
+                items = [item for item in self.store.iter_items() if item.item_id in self.catalog]
+                if any(item.title or item.text or item.categories for item in items):
+                    self.semantic.load(self.vectors_path())
+                    self.semantic.sync_items(items)
+                semantic = parts.get("semantic") or {}
+                self.semantic.profiles = semantic.get("profiles", {})
+                self.semantic.stated = semantic.get("stated", {})
+                self.semantic.stated_text = semantic.get("stated_text", {})
+            self.follower.start_at(snapshot.events_at, snapshot.changes_at)
+
+    # -- snapshots ------------------------------------------------------------------------
+
+    def snapshot_path(self) -> Path:
+        return snapshots.snapshot_path(self.store_path())
+
+    def snapshot_to(self, path: Path | None = None) -> int | None:
+        """Write a snapshot of the state as it is now, from a forked process (the lock is
+        held only for the fork); returns its pid (see replica/snapshot.py)."""
+        with self._lock:
+            events_at, changes_at = self.follower.events_at, self.follower.changes_at
+            key = snapshots.settings_key(self.settings)
+            return snapshots.write_in_child(path or self.snapshot_path(), lambda: snapshots.Snapshot(
+                events_at, changes_at, key, self._snapshot_parts(), time.time()))
+
+    def _snapshot_parts(self) -> dict[str, Any]:
+        state, semantic = self.state, self.semantic
+        return {"catalog": self.catalog, "users": state.users, "popularity": state.popularity,
+                "trending": state.trending, "covisit": state.covisit, "events_applied": state.events_applied,
+                "semantic": None if semantic is None else {"profiles": semantic.profiles, "stated": semantic.stated,
+                                                           "stated_text": semantic.stated_text}}
+
+    def recounting(self) -> bool:
+        """Shared counts are being recounted after a forget elsewhere (not yet consistent)."""
+        return self._recount is not None and self._recount.is_alive()
 
     def _load_model_at_start(self) -> None:
         try:
@@ -189,11 +251,11 @@ class Engine:
             log.exception("could not load the current model from %s; serving without it",
                           self.model_registry().root)
 
-    def _reset_state(self) -> None:
-        """Empty catalogue, online state, semantic state and sources over them."""
+    def _reset_state(self, catalog: Catalog | None = None) -> None:
+        """Empty (or this) catalogue, online state, semantic state and sources over them."""
         if self.semantic is not None:
             self.semantic.close()
-        self.catalog = Catalog()
+        self.catalog = catalog if catalog is not None else Catalog()
         self.state = OnlineState(self.settings, self.catalog)
         self.semantic = self._semantic_state()
         self.state.semantic = self.semantic
@@ -223,6 +285,9 @@ class Engine:
     def close(self, save_vectors: bool = True) -> None:
         """`save_vectors`: keep the vector index for the next start (one process per
         database does: the leader)."""
+        self._closing.set()
+        if self._recount is not None:
+            self._recount.join(timeout=60)
         with self._lock:
             if self.semantic is not None and save_vectors:
                 self.semantic.save(self.vectors_path())
@@ -399,6 +464,7 @@ class Engine:
             # recount everything as processes that learn of it from the log must.
             self._forgot_here.add(forget_digest(user_id))
             deleted = self.store.forget_user(user_id)
+            snapshots.discard(self.snapshot_path())  # it holds the user's events
             self.state.forget(user_id, events)
             self._forget_derived(user_id)
         self.listeners.user_forgotten(user_id)
@@ -458,6 +524,7 @@ class Engine:
             for user in dropped:
                 self.state.users.pop(user, None)
                 self._forget_derived(user)
+            snapshots.discard(self.snapshot_path())
             self._recount_soon()
             return dropped
 
@@ -489,10 +556,13 @@ class Engine:
             with self._lock:
                 target = self.follower.events_at
             position = 0
-            while position < target and (batch := self.store.events_after(position, 10_000)):
+            while position < target and not self._closing.is_set() \
+                    and (batch := self.store.events_after(position, 10_000)):
                 records = [record for at, record in batch if at <= target]
                 fresh.apply(records)
                 position = batch[-1][0]
+            if self._closing.is_set():
+                return
             with self._lock:
                 while batch := self.store.events_after(position, 10_000):
                     records = [record for at, record in batch if at <= self.follower.events_at]
@@ -771,6 +841,7 @@ class Engine:
                 "users": len(self.state.users),
                 "events": self.state.events_applied,
                 "rebuild_seconds": round(self.rebuild_seconds, 3),
+                "started_from": self.started_from,
                 "model_version": self.model_version,
             }
 

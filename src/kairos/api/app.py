@@ -35,6 +35,7 @@ from kairos.push.metrics import OutboxCollector, PushMetrics
 from kairos.push.service import PushService
 from kairos.replica.follower import FollowLoop
 from kairos.replica.leader import Candidacy, LeaderLease
+from kairos.replica.snapshot import Snapshotter
 from kairos.schema import (
     EventBatch,
     ItemBatch,
@@ -120,6 +121,11 @@ def create_app(engine: Engine, manage_models: bool = True, push: bool | None = N
     manager = ModelManager(engine, may_train=lambda: lease.held)
     metrics = ApiMetrics(engine)
     follow = FollowLoop(engine.catch_up, engine.settings.follow_interval_s)
+    settings = engine.settings
+    snapshotter = Snapshotter(engine.snapshot_to, lambda: engine.follower.events_at,
+                              lambda: not engine.recounting(), settings.snapshot_interval_s,
+                              settings.snapshot_min_events)
+    snapshots_on = settings.snapshot_interval_s > 0
     push_service = None
     if engine.settings.push_enabled if push is None else push:
         push_service = PushService(engine, metrics=PushMetrics(metrics.registry), decide=leading)
@@ -143,6 +149,8 @@ def create_app(engine: Engine, manage_models: bool = True, push: bool | None = N
         log.info("this process (pid %d) now leads %s", os.getpid(), engine.store_path())
         if push_service is not None:
             push_service.start_deciding()
+        if snapshots_on:
+            snapshotter.start(written_at=engine.follower.events_at)
 
     candidacy = Candidacy(lease, elected, engine.settings.leader_retry_s)
 
@@ -159,10 +167,15 @@ def create_app(engine: Engine, manage_models: bool = True, push: bool | None = N
             llm_service.start()  # loads the model in its own thread: the port opens at once
         if not leading:
             candidacy.start()
+        elif snapshots_on:
+            # After a replay, one soon: the next start (of any process) need not replay.
+            snapshotter.start(written_at=engine.follower.events_at if engine.started_from == "snapshot" else None)
         try:
             yield
         finally:
             candidacy.stop()
+            if snapshots_on:
+                snapshotter.stop(final=lease.held)
             if llm_service is not None:
                 llm_service.stop()
             manager.stop()
@@ -190,7 +203,6 @@ def create_app(engine: Engine, manage_models: bool = True, push: bool | None = N
     app.state.experiments = experiments
     app.state.metrics = metrics
     install_error_handlers(app)
-    settings = engine.settings
     user_events = (UserEventLimit(settings.user_event_rate_limit, settings.user_event_burst
                                   or max(100.0, 10 * settings.user_event_rate_limit))
                    if settings.user_event_rate_limit > 0 else None)

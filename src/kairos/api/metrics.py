@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import time
 import uuid
-from datetime import datetime
 from collections.abc import Iterator
+from datetime import datetime
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kairos.engine import Engine
-
 
 disable_created_metrics()  # *_created series only add noise to scrapes
 
