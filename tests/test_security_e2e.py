@@ -283,3 +283,35 @@ def _rows_mentioning(conn: Any, needle: str) -> int:
         found += conn.execute(f"SELECT count(*) FROM {table} WHERE {clauses}",
                               [f"%{needle}%"] * len(columns)).fetchone()[0]
     return found
+
+
+def test_pseudonymised_ids_never_reach_the_database(server_factory: Any, tmp_path: Path) -> None:
+    import sqlite3
+
+    db = tmp_path / "pseudo.db"
+    key = "a-secret-the-platform-keeps"
+    server = server_factory(db, env={"KAIROS_PSEUDONYMISE_KEY": key})
+    alice = "alice@example.com"
+    with server.client() as client:
+        client.post("/v1/items", json={"items": [{"item_id": f"sku-{k}", "title": f"item {k}"} for k in range(6)]})
+        assert client.put(f"/v1/users/{alice}", json={"text": "tea"}).json()["user_id"] == alice
+        client.post("/v1/events", json=events(alice, 3))
+        assert client.put(f"/v1/users/{alice}/push", json={"timezone": "Europe/Paris"}).json()["user_id"] == alice
+        assert client.get(f"/v1/users/{alice}").json()["event_count"] == 3
+        listed = client.get(f"/v1/recommendations/{alice}").json()
+        assert listed["user_id"] == alice and listed["items"]
+        client.post("/v1/push/campaigns", json={"item_id": "sku-4", "audience": {"user_ids": [alice]}})
+        assert client.get(f"/v1/users/{alice}/notifications", params={"status": "all"}).json()["user_id"] == alice
+    server.stop()
+    kept = kairos("pseudonym", alice, env={"KAIROS_PSEUDONYMISE_KEY": key}).stdout.strip()
+    assert kept.startswith("p-") and kept != alice
+    with sqlite3.connect(db) as conn:
+        assert _rows_mentioning(conn, alice) == 0
+        assert _rows_mentioning(conn, kept) >= 5  # events, profile, preferences, notification, campaign
+    restarted = server_factory(db, env={"KAIROS_PSEUDONYMISE_KEY": key})
+    with restarted.client() as client:
+        assert client.get(f"/v1/users/{alice}").json()["event_count"] == 3  # the same key finds them again
+        assert client.delete(f"/v1/users/{alice}").json() == {"user_id": alice, "events_deleted": 3}
+    restarted.stop()
+    with sqlite3.connect(db) as conn:
+        assert _rows_mentioning(conn, kept) == 0

@@ -228,8 +228,10 @@ def recommend(
     db: DbOption = None,
 ) -> None:
     """Print recommendations for a user, as the API would serve them."""
+    from kairos.pseudonyms import Pseudonyms
+
     engine = open_engine(_settings(db))
-    result = engine.recommend(user_id, n, category=category)
+    result = engine.recommend(Pseudonyms(engine.settings.pseudonymise_key).user(user_id), n, category=category)
     table = Table(title=f"Recommendations for {user_id} ({result.model_version})")
     for column in ("#", "item_id", "title", "score", "sources", "reason"):
         table.add_column(column)
@@ -238,6 +240,18 @@ def recommend(
                       item.reason)
     console.print(table)
     engine.close()
+
+
+@app.command()
+def pseudonym(user_id: Annotated[str, typer.Argument(help="A user id of the platform.")]) -> None:
+    """The id Kairos keeps for this user under KAIROS_PSEUDONYMISE_KEY (what notifications
+    sent by webhook or email carry), for the platform to match them to its users."""
+    from kairos.pseudonyms import Pseudonyms
+
+    settings = Settings()
+    if not settings.pseudonymise_key:
+        console.print("[yellow]KAIROS_PSEUDONYMISE_KEY is not set: user ids are kept as they are[/]")
+    print(Pseudonyms(settings.pseudonymise_key).user(user_id))
 
 
 @app.command()

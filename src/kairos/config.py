@@ -65,6 +65,9 @@ class Settings(BaseSettings):
         "(it takes over training, push and the language model when the leader is gone).")
 
     # Locked doors (kairos.api.auth, kairos.api.limits; docs/security.md)
+    pseudonymise_key: str = Field(
+        default="", repr=False, description="When set, user ids are kept as keyed hashes of the platform's ids "
+        "(HMAC-SHA256 under this key): the database never holds the raw ids (kairos.pseudonyms).")
     api_keys: str = Field(
         default="", repr=False, description="API keys as comma-separated scope:key pairs, scopes joined by '+' "
         "(read, ingest, admin), e.g. 'read+ingest:k1,admin:k2'. With neither these nor the key file, every "

@@ -31,6 +31,7 @@ from kairos.api.paths import ItemId, UserId
 from kairos.api.push import push_router
 from kairos.engine import Engine, NotFound
 from kairos.experiments.service import ExperimentService
+from kairos.pseudonyms import Pseudonyms
 from kairos.push.metrics import OutboxCollector, PushMetrics
 from kairos.push.service import PushService
 from kairos.replica.follower import FollowLoop
@@ -227,6 +228,8 @@ def create_app(engine: Engine, manage_models: bool = True, push: bool | None = N
     app.add_middleware(RequestMiddleware, metrics=metrics)
 
     max_n = engine.settings.max_n
+    ids = Pseudonyms(engine.settings.pseudonymise_key)  # the user ids kept: docs/security.md
+    app.state.ids = ids
 
     # -- events ---------------------------------------------------------------------------
 
@@ -234,9 +237,12 @@ def create_app(engine: Engine, manage_models: bool = True, push: bool | None = N
     def post_events(batch: EventBatch, engine: EngineDep) -> Accepted:
         """Store a batch of events durably and update online state. All or nothing: one
         invalid event rejects the batch with 422 naming its index and field."""
+        events = batch.events
+        if ids.active:
+            events = [event.model_copy(update={"user_id": ids.user(event.user_id)}) for event in events]
         if user_events is not None:
-            user_events.take(event.user_id for event in batch.events)
-        accepted = engine.ingest(batch.events)
+            user_events.take(event.user_id for event in events)
+        accepted = engine.ingest(events)
         for event in batch.events:
             metrics.events.labels(event.type.value).inc()
         return Accepted(accepted=accepted)
@@ -277,19 +283,19 @@ def create_app(engine: Engine, manage_models: bool = True, push: bool | None = N
     def put_user(
         user_id: UserId, engine: EngineDep, fields: Annotated[UserFields, Body()]
     ) -> UserView:
-        engine.upsert_user(User(user_id=user_id, **fields.model_dump()))
-        return engine.get_user(user_id)
+        engine.upsert_user(User(user_id=ids.user(user_id), **fields.model_dump()))
+        return engine.get_user(ids.user(user_id)).model_copy(update={"user_id": user_id})
 
     @app.get("/v1/users/{user_id}", response_model=UserView, tags=["users"])
     async def get_user(
         user_id: UserId, engine: EngineDep, recent: Annotated[int, Query(ge=0, le=1000)] = 50
     ) -> UserView:
-        return engine.get_user(user_id, recent=recent)
+        return engine.get_user(ids.user(user_id), recent=recent).model_copy(update={"user_id": user_id})
 
     @app.delete("/v1/users/{user_id}", response_model=Forgotten, tags=["users"])
     def forget_user(user_id: UserId, engine: EngineDep) -> Forgotten:
         """Forget the user: their events, profile and online state, everywhere."""
-        return Forgotten(user_id=user_id, events_deleted=engine.forget_user(user_id))
+        return Forgotten(user_id=user_id, events_deleted=engine.forget_user(ids.user(user_id)))
 
     # -- recommendations ------------------------------------------------------------------
 
@@ -308,6 +314,7 @@ def create_app(engine: Engine, manage_models: bool = True, push: bool | None = N
                                                    "written a grounded one already (never waited for); "
                                                    "the template reason otherwise.")] = False,
     ) -> Recommendations:
+        shown, user_id = user_id, ids.user(user_id)
         assignment = experiments.assignment(user_id)
         options: dict[str, Any] = {"diversity": diversity,
                                    **assignment.recommend_options(engine.settings.source_weights)}
@@ -321,6 +328,7 @@ def create_app(engine: Engine, manage_models: bool = True, push: bool | None = N
             written = llm_service.explanations(user_id, [item.item_id for item in result.items])
             for item in result.items:
                 item.reason = written.get(item.item_id, item.reason)
+        result.user_id = shown
         return result
 
     @app.get("/v1/search", response_model=SearchResults, tags=["recommend"])
@@ -333,7 +341,10 @@ def create_app(engine: Engine, manage_models: bool = True, push: bool | None = N
                                              description="Personalise toward this user's profile.")] = None,
     ) -> SearchResults:
         """Semantic search over the catalogue with the language model."""
-        return engine.search(q, n, user_id=user_id, request_id=request.state.request_id)
+        found = engine.search(q, n, user_id=ids.user(user_id) if user_id is not None else None,
+                              request_id=request.state.request_id)
+        found.user_id = user_id
+        return found
 
     # -- models ---------------------------------------------------------------------------
 
@@ -373,7 +384,7 @@ def create_app(engine: Engine, manage_models: bool = True, push: bool | None = N
 
     # -- push (api/push.py) ---------------------------------------------------------------
 
-    app.include_router(push_router(max_n))
+    app.include_router(push_router(max_n, ids))
     app.include_router(experiments_router())
 
     # -- operations -----------------------------------------------------------------------

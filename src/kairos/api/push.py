@@ -14,6 +14,7 @@ from sse_starlette.sse import EventSourceResponse
 from kairos.api.errors import error_body
 from kairos.api.paths import PathId, UserId
 from kairos.engine import Engine, FeatureDisabled, NotFound
+from kairos.pseudonyms import Pseudonyms
 from kairos.push.schema import (
     Campaign,
     CampaignRequest,
@@ -53,7 +54,8 @@ PushDep = Annotated[PushService, Depends(get_push)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 
 
-def push_router(max_n: int) -> APIRouter:
+def push_router(max_n: int, ids: Pseudonyms) -> APIRouter:
+    """`ids`: the user ids kept (kairos.pseudonyms); answers carry the caller's own."""
     router = APIRouter()
 
     # -- preferences ----------------------------------------------------------------------
@@ -63,12 +65,12 @@ def push_router(max_n: int) -> APIRouter:
                         preferences: Annotated[PushPreferences, Body()]) -> EffectivePreferences:
         """Consent and limits: opt_out, channels, per-type switches, timezone (IANA), quiet
         hours (local HH:MM), max_per_day. Fields left out follow the service's defaults."""
-        return push.set_preferences(user_id, preferences)
+        return push.set_preferences(ids.user(user_id), preferences).model_copy(update={"user_id": user_id})
 
     @router.get("/v1/users/{user_id}/push", response_model=EffectivePreferences, tags=["push"])
     def get_preferences(user_id: UserId, push: PushDep) -> EffectivePreferences:
         """The preferences the policy applies (the user's own over the defaults)."""
-        return push.get_preferences(user_id)
+        return push.get_preferences(ids.user(user_id)).model_copy(update={"user_id": user_id})
 
     # -- channels -------------------------------------------------------------------------
 
@@ -96,7 +98,12 @@ def push_router(max_n: int) -> APIRouter:
         """Notify about an item (or the best of several items for each user): Kairos ranks the
         audience itself (`max_users`, `min_p`) or takes `user_ids` and applies only the
         policy. Answers once the audience is decided (or after 10 s with state `pending`);
-        201 when new, 200 with the existing campaign when the id was posted before."""
+        201 when new, 200 with the existing campaign when the id was posted before. With
+        pseudonymised ids the stored campaign (and so this answer) names its audience by
+        pseudonym."""
+        if ids.active and request.audience is not None and request.audience.user_ids is not None:
+            audience = request.audience.model_copy(update={"user_ids": ids.users(request.audience.user_ids)})
+            request = request.model_copy(update={"audience": audience})
         missing = await run_in_threadpool(lambda: [i for i in request.items() if push.view.item(i) is None])
         if missing:
             message = f"item {missing[0]!r} not found"
@@ -145,7 +152,9 @@ def push_router(max_n: int) -> APIRouter:
               limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> NotificationList:
         """The user's notifications, newest first."""
         chosen = None if status == "all" else str(status)
-        return NotificationList(user_id=user_id, notifications=push.notifications(user_id, chosen, limit))
+        notifications = [n.model_copy(update={"user_id": user_id})
+                         for n in push.notifications(ids.user(user_id), chosen, limit)]
+        return NotificationList(user_id=user_id, notifications=notifications)
 
     @router.post("/v1/notifications/{notification_id}/feedback", response_model=Notification, tags=["push"])
     def feedback(notification_id: PathId, body: Feedback,
@@ -167,16 +176,17 @@ def push_router(max_n: int) -> APIRouter:
     async def notification_stream(user_id: UserId, push: PushDep) -> EventSourceResponse:
         """Server-sent events: each notification to this user the moment it is delivered
         (event `notification`, data: the notification as JSON)."""
-        queue = push.hub.subscribe("notifications", user_id)
+        kept = ids.user(user_id)
+        queue = push.hub.subscribe("notifications", kept)
 
         async def events() -> AsyncIterator[dict[str, Any]]:
             try:
                 yield {"event": "ready", "data": json.dumps({"user_id": user_id})}
                 while True:
-                    message = await queue.get()
+                    message = {**await queue.get(), "user_id": user_id}
                     yield {"event": "notification", "id": message["notification_id"], "data": json.dumps(message)}
             finally:
-                push.hub.unsubscribe("notifications", user_id, queue)
+                push.hub.unsubscribe("notifications", kept, queue)
 
         return EventSourceResponse(events(), ping=STREAM_PING_S)
 
@@ -185,13 +195,15 @@ def push_router(max_n: int) -> APIRouter:
                                     n: Annotated[int, Query(ge=1, le=max_n)] = 10) -> EventSourceResponse:
         """Server-sent events: the user's list now (event `recommendations`, the body of GET
         /v1/recommendations/{user}), then again each time their events change it."""
-        queue = push.hub.subscribe("lists", user_id)
+        kept = ids.user(user_id)
+        queue = push.hub.subscribe("lists", kept)
 
         async def events() -> AsyncIterator[dict[str, Any]]:
             shown: list[str] | None = None
             try:
                 while True:
-                    result = await run_in_threadpool(engine.recommend, user_id, n)
+                    result = await run_in_threadpool(engine.recommend, kept, n)
+                    result.user_id = user_id
                     items = [item.item_id for item in result.items]
                     if items != shown:
                         shown = items
@@ -201,7 +213,7 @@ def push_router(max_n: int) -> APIRouter:
                     while not queue.empty():  # a burst of events: one new list
                         queue.get_nowait()
             finally:
-                push.hub.unsubscribe("lists", user_id, queue)
+                push.hub.unsubscribe("lists", kept, queue)
 
         return EventSourceResponse(events(), ping=STREAM_PING_S)
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from kairos.engine import Engine
 from kairos.progress import progress
+from kairos.pseudonyms import Pseudonyms
 from kairos.schema import Event, Item
 
 BATCH_SIZE = 10_000
@@ -73,10 +74,14 @@ def in_batches(
 def import_events_file(engine: Engine, path: Path, quiet: bool = False) -> int:
     """Import events (fields as in POST /v1/events); returns how many were stored.
 
-    Events keep the file's order; one without a timestamp happened at import time.
+    Events keep the file's order; one without a timestamp happened at import time. User
+    ids are kept as the API keeps them (pseudonymised under KAIROS_PSEUDONYMISE_KEY).
     """
     path = Path(path)
+    ids = Pseudonyms(engine.settings.pseudonymise_key)
     events = validate_rows(path, read_rows(path), Event)
+    if ids.active:
+        events = [event.model_copy(update={"user_id": ids.user(event.user_id)}) for event in events]
     return in_batches(events, engine.ingest, "importing events", quiet)
 
 
