@@ -67,10 +67,11 @@ class Candidacy:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop trying. A lease already held stays held: its holder releases it once its
+        last leader's duties (the final snapshot, saving the vector index) are done."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        self.lease.release()
 
     def _run(self) -> None:
         while not self._stop.wait(self.retry_s):
