@@ -138,6 +138,11 @@ class Settings(BaseSettings):
         default=5, ge=1, description="How many of the user's latest visits seed co-visitation."
     )
     max_n: int = Field(default=1000, ge=1, description="Largest n a request may ask for.")
+    result_cache_ttl_s: float = Field(
+        default=0.0, ge=0, description="Keep each served list this long, per process, while the user, the "
+        "catalogue and the models stay as they were (a user's event always gets a fresh list); bounds how "
+        "long others' events take to move it. 0: off (serving/cache.py, docs/benchmarks.md).")
+    result_cache_size: int = Field(default=100_000, ge=0, description="Lists the result cache keeps at most.")
 
     # Text encoder (kairos.text)
     text_model: str = Field(

@@ -2,7 +2,7 @@
 event and matches what they engaged with takes a place near the top.
 
 In a young shop most items have no behaviour at all, so "never engaged" (the
-cold-start place, engine._cold_start_slots) does not single out what is new; the
+cold-start place, serving/recommend.py: Recommender.cold_start_slots) does not single out what is new; the
 arrival time does. Only under the prior: with behaviour to learn from, the ranker
 weighs an item's age itself.
 """

@@ -42,7 +42,7 @@ from kairos.store.base import EventRecord
 
 log = logging.getLogger(__name__)
 
-TRAINING_DEPTH = 60  # candidates per source, as a served list of 20 asks (engine.CANDIDATE_DEPTH)
+TRAINING_DEPTH = 60  # candidates per source, as a served list of 20 asks (serving/recommend.py: CANDIDATE_DEPTH)
 VALID_SHARE = 0.2
 CV_FOLDS = 5
 CV_BELOW = 2000  # examples: below this, regimes and tree sizes are chosen by 5-fold cross-validation

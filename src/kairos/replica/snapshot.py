@@ -12,6 +12,7 @@ at start-up after a replay, every `snapshot_interval_s` and when it stops.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
@@ -66,6 +67,8 @@ def write(path: Path, snapshot: Snapshot) -> None:
 
 def read(path: Path, settings: Settings, last_event: int, last_change: int) -> Snapshot | None:
     """The snapshot at `path` if it may be used for this store and these settings."""
+    collecting = gc.isenabled()
+    gc.disable()  # millions of new objects would trigger collections that find nothing: 3.6x slower
     try:
         with path.open("rb") as source:
             if int.from_bytes(source.read(4), "little") != FORMAT:
@@ -76,12 +79,18 @@ def read(path: Path, settings: Settings, last_event: int, last_change: int) -> S
     except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ValueError) as error:
         log.warning("ignoring the snapshot %s: %s", path, error)
         return None
+    finally:
+        if collecting:
+            gc.enable()
     if snapshot.settings_key != settings_key(settings):
         log.info("the snapshot %s was made under other settings: replaying the log", path)
         return None
     if snapshot.events_at > last_event or snapshot.changes_at > last_change:
         log.warning("the snapshot %s is ahead of its log (another database?): replaying the log", path)
         return None
+    # What it holds lives as long as the process: out of the collector's sight, or each
+    # collection that the next allocations trigger walks millions of objects (1 s here).
+    gc.freeze()
     return snapshot
 
 

@@ -20,6 +20,7 @@ from kairos.sources.base import Candidates, UserContext, action_phrase
 from kairos.state.catalog import Catalog
 from kairos.state.online import OnlineState
 from kairos.state.users import SequenceStep
+from kairos.threads import apply_torch_limit
 
 if TYPE_CHECKING:
     import torch
@@ -49,6 +50,7 @@ class ServedSequential:
 
     def __init__(self, model: TrainedModel, item_ids: list[str], catalog: Catalog,
                  text_vector: TextVectorLookup | None) -> None:
+        apply_torch_limit()  # the serving process's torch threads (threads.py)
         self.model = model
         self.version = model.version
         self.catalog = catalog

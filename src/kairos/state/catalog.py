@@ -12,6 +12,8 @@ class Catalog:
     """Items known to the engine. Indices are dense and never reused, so arrays over
     items (popularity, embeddings, masks) can be indexed by them."""
 
+    generation = 0  # moves with every change (a class default: snapshots made before it load)
+
     def __init__(self) -> None:
         self.ids: list[str] = []
         self.index: dict[str, int] = {}
@@ -39,6 +41,7 @@ class Catalog:
         return self._created_at[: len(self.ids)]
 
     def upsert(self, item: ItemRecord) -> int:
+        self.generation += 1
         idx = self.index.get(item.item_id)
         if idx is None:
             idx = len(self.ids)
@@ -65,6 +68,7 @@ class Catalog:
         return idx
 
     def set_available(self, idx: int, available: bool) -> None:
+        self.generation += 1
         self._available[idx] = available
 
     def newest_first(self) -> np.ndarray:

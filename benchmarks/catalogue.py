@@ -1,0 +1,119 @@
+"""How a recommendation's cost grows with the catalogue: 10k, 100k and 1M generated items.
+
+For each size a generated shop (`kairos.datasets.demo`, 20,000 users, 200,000 events) is
+imported once into --workdir, then served in process (`Engine.recommend`, n = 10, random
+known users, each asked once cold and then again). Measured per size:
+
+- the online sources that need no training (co-visitation, popularity, freshness) with
+  the result cache off, and the same requests again with it on (a hit);
+- what a trained behaviour model and ALS add per request: each scores every item (one
+  float32 matrix-vector product, 64 dimensions) and takes the top candidates
+  (argpartition), timed as such on random vectors of that many items;
+- the vector index's search at that size comes from `benchmarks/index.py`.
+
+The language-model layer is off here (encoding 1M item texts takes this CPU ~20 min).
+
+    .venv/bin/python benchmarks/catalogue.py
+    .venv/bin/python benchmarks/catalogue.py --sizes 10000,100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shlex
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _machine import machine_info  # noqa: E402
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    ms = np.asarray(samples) * 1000
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3)}
+
+
+def timed(call: Any, repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        out.append(time.perf_counter() - started)
+    return out
+
+
+def model_scoring(n_items: int, repeats: int, seed: int) -> dict[str, float]:
+    """One request's item scoring by an embedding model: query . every item, then top 60."""
+    rng = np.random.default_rng(seed)
+    items = rng.standard_normal((n_items + 1, 64)).astype(np.float32)
+    query = rng.standard_normal(64).astype(np.float32)
+
+    def score() -> None:
+        scores = items @ query
+        top = np.argpartition(-scores, 60)[:60]
+        top[np.argsort(-scores[top])]
+
+    score()
+    return percentiles(timed(score, repeats))
+
+
+def measure(size: int, args: argparse.Namespace) -> dict[str, Any]:
+    from kairos.config import Settings
+    from kairos.datasets.demo import DemoConfig, import_demo
+    from kairos.engine import Engine
+
+    db = args.workdir / f"catalogue-{size}.db"
+    settings = {"db_path": db, "semantic_enabled": False, "snapshot_interval_s": 0}
+    if not db.exists():
+        engine = Engine(Settings(**settings))
+        started = time.perf_counter()
+        report = import_demo(engine, DemoConfig(n_users=args.users, n_items=size, n_events=args.events), quiet=True)
+        engine.close()
+        print(f"{size:,} items: imported {report} in {time.perf_counter() - started:.0f}s", flush=True)
+    result: dict[str, Any] = {"items": size}
+    for label, ttl in (("online sources", 0.0), ("online sources, result cache on", 600.0)):
+        engine = Engine(Settings(**settings, result_cache_ttl_s=ttl))
+        users = random.Random(args.seed).sample(sorted(engine.state.users), args.requests)
+        ask = engine.recommend
+        cold = [timed(lambda user=user, ask=ask: ask(user, 10), 1)[0] for user in users]
+        warm = [timed(lambda user=user, ask=ask: ask(user, 10), 1)[0] for user in users]
+        result[label] = {"first": percentiles(cold), "again": percentiles(warm)}
+        engine.close()
+    result["behaviour model or ALS scoring, each"] = model_scoring(size, args.requests, args.seed)
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--users", type=int, default=20_000)
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "catalogue")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "catalogue.json")
+    args = parser.parse_args(argv)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    from kairos.api.workers import single_threaded_kernels
+
+    single_threaded_kernels()  # as a serving process runs
+    runs = [measure(int(size), args) for size in args.sizes.split(",")]
+    document = {"benchmark": "catalogue", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "command": shlex.join([sys.executable, *sys.argv]), "machine": machine_info(),
+                "users": args.users, "events": args.events, "requests": args.requests, "runs": runs}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(document, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
