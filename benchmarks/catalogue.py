@@ -72,11 +72,15 @@ def measure(size: int, args: argparse.Namespace) -> dict[str, Any]:
 
     db = args.workdir / f"catalogue-{size}.db"
     settings = {"db_path": db, "semantic_enabled": False, "snapshot_interval_s": 0}
-    if not db.exists():
+    imported = db.with_name(db.name + ".imported")
+    if not imported.exists():  # a run stopped half-way leaves a database without it
+        for stale in args.workdir.glob(f"{db.name}*"):
+            stale.unlink()
         engine = Engine(Settings(**settings))
         started = time.perf_counter()
         report = import_demo(engine, DemoConfig(n_users=args.users, n_items=size, n_events=args.events), quiet=True)
         engine.close()
+        imported.touch()
         print(f"{size:,} items: imported {report} in {time.perf_counter() - started:.0f}s", flush=True)
     result: dict[str, Any] = {"items": size}
     for label, ttl in (("online sources", 0.0), ("online sources, result cache on", 600.0)):

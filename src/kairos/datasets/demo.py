@@ -394,10 +394,15 @@ class _Catalogue:
 
         follow_ups: list[tuple[int, ...]] = []
         members_of = [np.flatnonzero(category == c) for c in range(n_cat)]
+        by_noun: dict[tuple[int, int], np.ndarray] = {}  # (category, noun) -> items, built once
+        for c, members in enumerate(members_of):
+            for value in np.unique(noun[members]):
+                by_noun[(c, int(value))] = members[noun[members] == value]
+        empty = np.empty(0, dtype=np.int64)
         for i in range(n):
             members = members_of[category[i]]
             nouns = len(CATEGORIES[category[i]].nouns)
-            following = members[noun[members] == (noun[i] + 1) % nouns]
+            following = by_noun.get((int(category[i]), int((noun[i] + 1) % nouns)), empty)
             pool = following[following != i]
             if len(pool) == 0:
                 pool = members[members != i]
