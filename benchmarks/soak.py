@@ -34,8 +34,11 @@ from _machine import machine_info  # noqa: E402
 from load import Server, copy_database  # noqa: E402
 
 
-def rss_mb(root_pid: int) -> float:
-    """Resident memory of a process and its descendants, in MB (Linux /proc)."""
+def rss_mb(root_pid: int, depth: int = 1) -> float:
+    """Resident memory of the supervisor and its serving processes (`depth` 1), in MB
+    (Linux /proc). Deeper descendants are left out: the leader's snapshot writer is a
+    fork that shares its pages (counting it doubled the figure for as long as it ran),
+    and a training run is a passing process of its own."""
     children: dict[int, list[int]] = {}
     for status in Path("/proc").glob("[0-9]*/status"):
         try:
@@ -43,10 +46,11 @@ def rss_mb(root_pid: int) -> float:
             children.setdefault(int(fields["PPid"].strip()), []).append(int(fields["Pid"].strip()))
         except (OSError, ValueError, KeyError):
             continue
-    total, stack = 0.0, [root_pid]
+    total, stack = 0.0, [(root_pid, 0)]
     while stack:
-        pid = stack.pop()
-        stack.extend(children.get(pid, []))
+        pid, level = stack.pop()
+        if level < depth:
+            stack.extend((child, level + 1) for child in children.get(pid, []))
         try:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):

@@ -70,7 +70,9 @@ ProgressCallback = Callable[[int], None]
 
 
 class Engine:
-    """Owns the store, the online state and the candidate sources.
+    """One process's replica: owns the store, the online state and the candidate
+    sources; writes go through `writer` (ingest/), reads through `recommender` and the
+    other serving/ functions.
 
     Thread-safe: one lock orders the state's changes, and the state moves only by the
     log (`self.follower`): it sees events in the order the store acknowledged them,

@@ -21,11 +21,19 @@ class Fused:
     contributions: dict[str, np.ndarray]  # per source, same shape
     ranked: dict[str, Candidates]  # what each source proposed, as it proposed it
 
+    def pool(self) -> np.ndarray:
+        """Every item some source proposed, ascending: the only ones that can score."""
+        proposed = [c.items for c in self.ranked.values() if len(c.items)]
+        return np.unique(np.concatenate(proposed)) if proposed else np.empty(0, dtype=np.int64)
+
     def top(self, n: int) -> list[tuple[int, float, list[str]]]:
-        """The n best items: (index, score, sources by decreasing contribution)."""
-        best = top_k(self.scores, n)
+        """The n best items: (index, score, sources by decreasing contribution). Chosen
+        among the proposed items, not the catalogue: a request's cost must not grow with it."""
+        pool = self.pool()
+        best = top_k(self.scores[pool], n)  # ties: the lower position, so the lower index
+        items = pool[best.items]
         return [(item, score, self.sources_of(item))
-                for item, score in zip(best.items.tolist(), best.scores.tolist(), strict=True)]
+                for item, score in zip(items.tolist(), best.scores.tolist(), strict=True)]
 
     def sources_of(self, item: int) -> list[str]:
         """The sources that proposed the item, by decreasing contribution."""
@@ -42,8 +50,9 @@ def reciprocal_rank_fusion(ranked: dict[str, Candidates], weights: dict[str, flo
         weight = weights.get(name, 0.0)
         if weight <= 0 or len(candidates.items) == 0:
             continue
-        share = np.zeros(n_items, dtype=np.float64)
-        share[candidates.items] = weight / (k + 1.0 + np.arange(len(candidates.items)))
-        scores += share
+        values = weight / (k + 1.0 + np.arange(len(candidates.items)))
+        share = np.zeros(n_items, dtype=np.float64)  # untouched pages cost nothing
+        share[candidates.items] = values
+        scores[candidates.items] += values  # a source proposes an item once
         contributions[name] = share
     return Fused(scores, contributions, ranked)

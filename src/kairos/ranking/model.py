@@ -58,7 +58,8 @@ class RankingModel:
             return fused
         predicted = self.ranker.score(pool)
         scores = np.zeros_like(fused.scores)
-        fused_share = fused.scores[pool.items] / max(float(fused.scores.max()), 1e-12)
+        fused_pool = fused.scores[pool.items]
+        fused_share = fused_pool / max(float(fused_pool.max()), 1e-12)
         # A few hundred trees' leaves tie many candidates: the fused ranks order those.
         scores[pool.items] = np.exp(predicted - predicted.max()) + 1e-6 * fused_share + 1e-9
         return Fused(scores, fused.contributions, fused.ranked)

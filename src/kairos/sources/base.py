@@ -58,9 +58,10 @@ def action_phrase(event_type: str, value: float | None) -> str:
 
 def top_k(scores: np.ndarray, k: int, allowed: np.ndarray | None = None) -> Candidates:
     """The k highest positive scores among allowed items, best first (ties: lower index)."""
+    keep = scores > 0
     if allowed is not None:
-        scores = np.where(allowed, scores, 0.0)
-    positive = np.flatnonzero(scores > 0)
+        keep &= allowed
+    positive = np.flatnonzero(keep)
     if len(positive) > k:
         part = np.argpartition(-scores[positive], k - 1)[:k]
         positive = positive[part]
