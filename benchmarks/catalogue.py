@@ -34,6 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from _machine import machine_info  # noqa: E402
+from _shop import imported_shop  # noqa: E402
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
@@ -67,21 +68,11 @@ def model_scoring(n_items: int, repeats: int, seed: int) -> dict[str, float]:
 
 def measure(size: int, args: argparse.Namespace) -> dict[str, Any]:
     from kairos.config import Settings
-    from kairos.datasets.demo import DemoConfig, import_demo
     from kairos.engine import Engine
 
     db = args.workdir / f"catalogue-{size}.db"
     settings = {"db_path": db, "semantic_enabled": False, "snapshot_interval_s": 0}
-    imported = db.with_name(db.name + ".imported")
-    if not imported.exists():  # a run stopped half-way leaves a database without it
-        for stale in args.workdir.glob(f"{db.name}*"):
-            stale.unlink()
-        engine = Engine(Settings(**settings))
-        started = time.perf_counter()
-        report = import_demo(engine, DemoConfig(n_users=args.users, n_items=size, n_events=args.events), quiet=True)
-        engine.close()
-        imported.touch()
-        print(f"{size:,} items: imported {report} in {time.perf_counter() - started:.0f}s", flush=True)
+    imported_shop(db, args.users, size, args.events, semantic_enabled=False, snapshot_interval_s=0)
     result: dict[str, Any] = {"items": size}
     for label, ttl in (("online sources", 0.0), ("online sources, result cache on", 600.0)):
         engine = Engine(Settings(**settings, result_cache_ttl_s=ttl))

@@ -22,7 +22,6 @@ import os
 import random
 import shlex
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -38,14 +37,10 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from _machine import machine_info
+from load import free_port
 
 BATCH = 200
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Server:

@@ -20,7 +20,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,15 +34,11 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from _machine import machine_info
+from load import free_port
 
 SHOP_ITEMS = [{"item_id": f"sku-{k}", "title": f"item {k}", "categories": [f"c{k % 4}"],
                "attributes": {"price": 10 + k}} for k in range(40)]
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def schemathesis() -> str:

@@ -24,6 +24,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from _machine import machine_info  # noqa: E402
+from _shop import imported_shop  # noqa: E402
 from load import Server  # noqa: E402
 
 
@@ -37,16 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     db = args.workdir / f"shop-{args.events}.db"
-    if not db.exists():
-        from kairos.config import Settings
-        from kairos.datasets.demo import DemoConfig, import_demo
-        from kairos.engine import Engine
-
-        engine = Engine(Settings(db_path=db))
-        started = time.perf_counter()
-        report = import_demo(engine, DemoConfig(n_users=args.users, n_items=args.items, n_events=args.events))
-        engine.close()
-        print(f"imported {report} in {time.perf_counter() - started:.0f}s", flush=True)
+    imported_shop(db, args.users, args.items, args.events)
     snapshot = db.with_name(db.name + ".snapshot")
     snapshot.unlink(missing_ok=True)
     results = {}
