@@ -115,3 +115,44 @@ def test_popularity_of_a_late_index_leaves_the_others_at_zero() -> None:
     scores = popularity.ranking_scores(6000)
     assert scores[:1000].sum() == 1000 and scores[5000] == 2.0
     assert scores[1000:5000].sum() == 0 and scores[5001:].sum() == 0
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_batch_applies_exactly_as_its_events_one_by_one(seed: int) -> None:
+    """apply() sums popularity once per batch: the state must be what applying each event
+    alone gives — late events, ratings, negatives and a decay rescale included."""
+    rng = random.Random(seed)
+    kinds = ["view", "click", "cart", "purchase", "impression", "skip", "rating", "dislike"]
+    events = []
+    t = 0.0
+    for _ in range(600):
+        t += rng.uniform(0, 3 * DAY)  # ~900 days: popularity's 1-day half-life rescales
+        kind = rng.choice(kinds)
+        late = rng.random() < 0.2  # arrives after newer events of its user
+        events.append(click(f"u{rng.randrange(12)}", rng.choice("abcdefgh"),
+                            t - rng.uniform(0, 2 * DAY) if late else t, kind,
+                            rng.choice([0.5, 3.0, 5.0]) if kind == "rating" else None))
+    one_batch, one_by_one = make_state(), make_state()
+    for start in range(0, len(events), 50):  # ~75 days a batch: one crosses the rescale
+        one_batch.apply(events[start:start + 50])
+    for event in events:  # the event-by-event path (forgetting replays through it)
+        one_by_one._apply(event, one_by_one.users, +1.0)
+        one_by_one.events_applied += 1
+    n = len(one_batch.catalog)
+    for a, b in ((one_batch.popularity, one_by_one.popularity), (one_batch.trending, one_by_one.trending)):
+        assert np.allclose(a.item_scores(n, t), b.item_scores(n, t), rtol=1e-9, atol=0)
+        assert a.category_scores(t).keys() == b.category_scores(t).keys()
+        for name, value in a.category_scores(t).items():
+            assert math.isclose(value, b.category_scores(t)[name], rel_tol=1e-9)
+    assert one_batch.events_applied == one_by_one.events_applied == len(events)
+    assert one_batch.users.keys() == one_by_one.users.keys()
+    for user, state in one_batch.users.items():
+        assert state.recent == one_by_one.users[user].recent
+        assert state.seen == one_by_one.users[user].seen
+    for a in range(n):
+        row, total = one_batch.covisit.neighbours(a)
+        other_row, other_total = one_by_one.covisit.neighbours(a)
+        assert row.keys() == other_row.keys()
+        assert all(math.isclose(row[b], other_row[b], rel_tol=1e-9) for b in row)
+        assert math.isclose(total, other_total, rel_tol=1e-9)
+        assert math.isclose(total, sum(row.values()), rel_tol=1e-9)  # a row's total is its sum

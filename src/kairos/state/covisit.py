@@ -23,6 +23,26 @@ class Covisitation:
         if factor is not None:
             self._rescale(factor)
         scale = self.decay.weight(t)
+        if forward > 0 and backward >= 0:  # applying (not forgetting): sums only, inlined
+            rows, totals = self._neighbours, self._totals
+            gain = forward * scale
+            for other in previous:
+                row = rows.get(other)
+                if row is None:
+                    row = rows[other] = {}
+                row[item] = row.get(item, 0.0) + gain
+                totals[other] = totals.get(other, 0.0) + gain
+            if backward:
+                gain = backward * scale
+                row = rows.get(item)
+                if row is None:
+                    row = rows[item] = {}
+                total = totals.get(item, 0.0)
+                for other in previous:
+                    row[other] = row.get(other, 0.0) + gain
+                    total += gain
+                totals[item] = total
+            return
         for other in previous:
             self._add(other, item, forward * scale)
             if backward:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-_RESCALE_EXPONENT = 400.0  # e**400 ~ 1e174, far from float64's 1e308 ceiling
+RESCALE_EXPONENT = 400.0  # e**400 ~ 1e174, far from float64's 1e308 ceiling
 
 
 class ForwardDecay:
@@ -33,7 +33,7 @@ class ForwardDecay:
     def rescale_needed(self, t: float) -> float | None:
         """If t is far past the landmark, move the landmark to t and return the factor
         every stored value must be multiplied by; otherwise None."""
-        if self.landmark is None or self.rate * (t - self.landmark) < _RESCALE_EXPONENT:
+        if self.landmark is None or self.rate * (t - self.landmark) < RESCALE_EXPONENT:
             return None
         factor = math.exp(-self.rate * (t - self.landmark))
         self.landmark = t

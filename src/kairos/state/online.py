@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from kairos.config import Settings
 from kairos.schema import NON_VISIT_TYPES, EventType
 from kairos.state.catalog import Catalog
@@ -39,9 +41,50 @@ class OnlineState:
         self.als: AlsModel | None = None  # set by the engine when a factorisation serves
 
     def apply(self, events: Iterable[EventRecord]) -> None:
+        """Events in log order. Sequences and co-visitation move event by event (each
+        reads the user's sequence so far); popularity and trend sum once per batch."""
+        settings = self.settings
+        index, categories = self.catalog.index, self.catalog.categories
+        users, covisit = self.users, self.covisit
+        length, lookback = settings.sequence_length, settings.covisit_lookback
+        window, backward = settings.covisit_window_s, settings.covisit_backward_weight
+        weights: dict[str, float] = {}  # per event type, this batch (ratings depend on the value)
+        engaged_items: list[int] = []
+        engaged_weights: list[float] = []
+        engaged_times: list[float] = []
+        applied = 0
         for event in events:
-            self._apply(event, self.users, +1.0)
-            self.events_applied += 1
+            item = index[event.item_id]
+            t, kind = event.timestamp, str(event.type)
+            weight = weights.get(kind)
+            if weight is None:
+                weight = settings.event_weight(kind, event.value)
+                if kind != EventType.rating:
+                    weights[kind] = weight
+            user = users.get(event.user_id)
+            if user is None:
+                user = users[event.user_id] = UserState()
+            user.event_count += 1
+            user.touch()
+            if kind != EventType.impression:
+                visit = kind not in NON_VISIT_TYPES
+                position = user.insert(SequenceStep(item, kind, t, event.value, weight, visit), length)
+                if visit:
+                    user.seen.add(item)
+                    previous = user.visits_before(position, t - window, lookback, item)
+                    if previous:
+                        covisit.add_visit(item, previous, 1.0, backward, t)
+            if weight > 0:
+                engaged_items.append(item)
+                engaged_weights.append(weight)
+                engaged_times.append(t)
+            applied += 1
+        self.events_applied += applied
+        if engaged_items:
+            batch = (np.array(engaged_items, dtype=np.int64), np.array(engaged_weights),
+                     np.array(engaged_times))
+            self.popularity.add_many(batch[0], categories, batch[1], batch[2])
+            self.trending.add_many(batch[0], None, batch[1], batch[2])
 
     def forget(self, user_id: str, events: Iterable[EventRecord]) -> None:
         """Remove a user: `events` are their events in the order they were applied."""
@@ -67,13 +110,8 @@ class OnlineState:
             position = user.insert(step, settings.sequence_length)
             if visit:
                 user.seen.add(item)
-                previous = [
-                    step.item
-                    for step in user.previous_visits(
-                        position, t - settings.covisit_window_s, settings.covisit_lookback
-                    )
-                    if step.item != item
-                ]
+                previous = user.visits_before(position, t - settings.covisit_window_s,
+                                              settings.covisit_lookback, item)
                 if previous:
                     self.covisit.add_visit(
                         item, previous, sign, sign * settings.covisit_backward_weight, t

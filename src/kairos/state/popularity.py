@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kairos.state.decay import ForwardDecay
+from kairos.state.decay import RESCALE_EXPONENT, ForwardDecay
 
 
 def grown(array: np.ndarray, size: int) -> np.ndarray:
@@ -32,6 +32,31 @@ class DecayedPopularity:
         self._items[item] = max(self._items[item] + amount, 0.0)
         for name in categories:
             self._categories[name] = max(self._categories.get(name, 0.0) + amount, 0.0)
+
+    def add_many(self, items: np.ndarray, categories: list[tuple[str, ...]] | None, weights: np.ndarray,
+                 times: np.ndarray) -> None:
+        """Positive weights of a batch in one pass: the same sums as
+        `add` event by event (which a batch crossing a rescale, or a subtraction, uses)."""
+        if len(items) == 0:
+            return
+        decay = self.decay
+        if decay.landmark is None:
+            decay.landmark = float(times[0])
+        exponents = decay.rate * (times - decay.landmark)
+        if float(exponents.max()) >= RESCALE_EXPONENT or float(weights.min()) < 0:
+            for item, weight, t in zip(items.tolist(), weights.tolist(), times.tolist(), strict=True):
+                self.add(item, categories[item] if categories is not None else (), weight, t)
+            return
+        top = int(items.max())
+        if top >= len(self._items):
+            self._items = grown(self._items, max(2 * len(self._items), top + 1))
+        amounts = weights * np.exp(exponents)
+        np.add.at(self._items, items, amounts)
+        if categories is not None:
+            sums = self._categories
+            for item, amount in zip(items.tolist(), amounts.tolist(), strict=True):
+                for name in categories[item]:
+                    sums[name] = sums.get(name, 0.0) + amount
 
     def engaged(self, item: int) -> bool:
         """Has anyone ever engaged positively with this item?"""

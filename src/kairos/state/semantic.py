@@ -198,20 +198,23 @@ class SemanticState:
     def apply(self, events: Iterable[EventRecord], weight: Callable[[str, float | None], float]) -> None:
         if self.index is None:
             return
+        events = events if isinstance(events, Sequence) else list(events)
+        index = self.catalog.index
         with self._lock:
-            for event in events:
+            vectors = self.index.vectors_of([index[event.item_id] for event in events])
+            has = vectors.any(axis=1).tolist()  # an item without a vector has a zero row
+            negative_share = self.settings.semantic_negative_share
+            profiles, rate = self.profiles, self._rate
+            for event, vector, present in zip(events, vectors, has, strict=True):
                 w = weight(event.type, event.value)
-                if w == 0:
-                    continue
-                vector = self.item_vector(self.catalog.index[event.item_id])
-                if vector is None:
+                if w == 0 or not present:
                     continue
                 if w < 0:
-                    w *= self.settings.semantic_negative_share
-                profile = self.profiles.get(event.user_id)
+                    w *= negative_share
+                profile = profiles.get(event.user_id)
                 if profile is None:
-                    profile = self.profiles[event.user_id] = UserProfile(len(vector))
-                profile.add(vector, w, event.timestamp, self._rate)
+                    profile = profiles[event.user_id] = UserProfile(len(vector))
+                profile.add(vector, w, event.timestamp, rate)
 
     def detached(self) -> SemanticState:
         """A view sharing the items (index, encoder, caches) with fresh behaviour profiles,

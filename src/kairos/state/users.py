@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Iterator
 from typing import NamedTuple
 
 _REVISIONS = itertools.count(1)  # process-wide: no two states of any user share a revision
@@ -35,25 +34,35 @@ class UserState:
 
     def insert(self, step: SequenceStep, max_length: int) -> int:
         """Insert in time order (after equal times); returns the step's position."""
-        position = bisect.bisect_right(self.recent, step.timestamp, key=lambda s: s.timestamp)
-        self.recent.insert(position, step)
+        recent = self.recent
+        if not recent or recent[-1].timestamp <= step.timestamp:  # the usual case: in order
+            position = len(recent)
+            recent.append(step)
+        else:
+            position = bisect.bisect_right(recent, step.timestamp, key=lambda s: s.timestamp)
+            recent.insert(position, step)
         if len(self.recent) > max_length:
             del self.recent[0]
             position -= 1
         return position
 
-    def previous_visits(self, position: int, since: float, limit: int) -> Iterator[SequenceStep]:
-        """Up to `limit` visits before `position`, newest first, no older than `since`."""
-        found = 0
+    def visits_before(self, position: int, since: float, limit: int, other_than: int) -> list[int]:
+        """Items of up to `limit` visits before `position`, newest first, no older than
+        `since`; visits of `other_than` are skipped but count towards the limit."""
+        found: list[int] = []
+        counted = 0
+        recent = self.recent
         for j in range(position - 1, -1, -1):
-            step = self.recent[j]
+            step = recent[j]
             if step.timestamp < since:
-                return
+                break
             if step.visit:
-                yield step
-                found += 1
-                if found == limit:
-                    return
+                if step.item != other_than:
+                    found.append(step.item)
+                counted += 1
+                if counted == limit:
+                    break
+        return found
 
     def recent_visits(self, limit: int) -> list[SequenceStep]:
         """The latest `limit` visits of distinct items, newest first."""
