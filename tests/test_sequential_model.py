@@ -331,3 +331,26 @@ def test_one_item_scored_for_many_users_matches_full_scoring() -> None:
     columns = np.array([2, 14, N_ITEMS, N_ITEMS + 1, N_ITEMS + 2])
     got = queries @ keys[columns].T + model.prior_columns(recent, columns, extra_neighbours) - lse[:, None]
     assert np.allclose(got, expected[:, columns], atol=1e-4)
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_the_last_step_alone_matches_encoding_every_step(depth: int) -> None:
+    """`last` computes only the final step in the last block (what a query needs): the
+    same hidden state as `encode` read at that step, padded rows and empty ones included."""
+    import torch
+
+    from kairos.models.sequential.network import SequentialRecommender
+
+    torch.manual_seed(depth)
+    config = SeqRecConfig(**{**vars(TINY), "depth": depth, "heads": 2, "width": 16})
+    module = SequentialRecommender(config, n_items=30, text_dim=8).eval()
+    items = torch.randint(1, 31, (5, 12))
+    for row, length in enumerate([12, 7, 1, 0, 3]):  # right-padded; row 3 is empty
+        items[row, length:] = 0
+    with torch.inference_mode():
+        table = module.item_table()
+        hidden = module.encode(items, table)
+        last = ((items != 0).sum(1) - 1).clamp(min=0)
+        expected = hidden[torch.arange(5), last]
+        assert torch.allclose(module.last(items, table), expected, atol=1e-5)
+        assert torch.allclose(module.last(items[:1], table), expected[:1], atol=1e-5)  # no padding: no mask

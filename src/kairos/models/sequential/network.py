@@ -48,6 +48,21 @@ class _Block(nn.Module):
         x = x + self.drop(self.proj(attended.transpose(1, 2).reshape(b, length, width)))
         return x + self.drop(self.ffn(self.norm2(x)))
 
+    def last_step(self, x: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        """`forward(x)[arange(b), last]` (b, width), computing the output of step `last` of
+        each row only: every step's keys and values, one query, one feed-forward row."""
+        b, length, width = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
+        rows = torch.arange(b, device=x.device)
+        query = q[rows, :, last].unsqueeze(2)  # (b, heads, 1, head width)
+        # Causal for that one step: it sees steps 0..last of its row (padding lies after).
+        mask = None
+        if bool((last != length - 1).any()):
+            mask = (torch.arange(length, device=x.device)[None, :] <= last[:, None])[:, None, None, :]
+        attended = F.scaled_dot_product_attention(query, k, v, attn_mask=mask)
+        y = x[rows, last] + self.drop(self.proj(attended.reshape(b, width)))
+        return y + self.drop(self.ffn(self.norm2(y)))
+
 
 class SequentialRecommender(nn.Module):
     """Causal transformer over right-padded item sequences.
@@ -150,6 +165,13 @@ class SequentialRecommender(nn.Module):
     def encode(self, items: torch.Tensor, table: torch.Tensor, types: torch.Tensor | None = None,
                gaps: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden states (B, L, width) of right-padded (B, L) sequences."""
+        x = self._inputs(items, table, types, gaps)
+        for block in self.blocks:
+            x = block(x)
+        return self.final_norm(x)
+
+    def _inputs(self, items: torch.Tensor, table: torch.Tensor, types: torch.Tensor | None,
+                gaps: torch.Tensor | None) -> torch.Tensor:
         valid = items != 0
         positions = torch.arange(1, items.shape[1] + 1, device=items.device) * valid  # 0 on padding
         x = table[items] + self.positions(positions)
@@ -157,17 +179,17 @@ class SequentialRecommender(nn.Module):
             x = x + self.event_types(types)
         if self.gaps is not None and gaps is not None:
             x = x + self.gaps(gaps)
-        x = self.input_drop(x)
-        for block in self.blocks:
-            x = block(x)
-        return self.final_norm(x)
+        return self.input_drop(x)
 
     def last(self, items: torch.Tensor, table: torch.Tensor, types: torch.Tensor | None = None,
              gaps: torch.Tensor | None = None) -> torch.Tensor:
-        """Hidden state (B, width) after each sequence's last real step."""
-        hidden = self.encode(items, table, types, gaps)
+        """Hidden state (B, width) after each sequence's last real step (`encode` at that
+        step): the last block computes that step only, the one a query needs."""
+        x = self._inputs(items, table, types, gaps)
+        for block in self.blocks[:-1]:
+            x = block(x)
         last = ((items != 0).sum(1) - 1).clamp(min=0)  # an empty sequence reads its padding step
-        return hidden[torch.arange(len(items)), last]
+        return self.final_norm(self.blocks[-1].last_step(x, last))
 
     def forward(self, items: torch.Tensor, types: torch.Tensor | None = None,
                 gaps: torch.Tensor | None = None) -> torch.Tensor:
