@@ -65,6 +65,37 @@ def test_two_processes_serve_every_write_to_every_reader(server_factory: Any) ->
     assert len(set(counts.values())) == 1, counts
 
 
+def test_a_burst_of_connections_is_spread_over_both_processes(server_factory: Any) -> None:
+    """Each process listens on its own socket (api/supervisor.py): with one shared socket,
+    whichever process woke first could take every connection of a burst and keep it."""
+    import threading
+
+    server = server_factory(env=WORKERS)
+    assert len(processes(server)) == 2
+    clients = [httpx.Client(base_url=server.url, timeout=10.0) for _ in range(32)]
+    start = threading.Barrier(len(clients))
+    holders: dict[int, int] = {}  # client -> the process that answered it
+
+    def connect(k: int) -> None:
+        start.wait()
+        holders[k] = clients[k].get("/healthz").json()["process"]
+
+    threads = [threading.Thread(target=connect, args=(k,)) for k in range(len(clients))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        per_process = {pid: list(holders.values()).count(pid) for pid in set(holders.values())}
+        # Spread by a hash of each connection: 4 or more each, but for a chance of ~3e-6.
+        assert len(per_process) == 2 and min(per_process.values()) >= 4, per_process
+        # A connection stays with its process (keep-alive).
+        assert all(clients[k].get("/healthz").json()["process"] == holders[k] for k in range(8))
+    finally:
+        for client in clients:
+            client.close()
+
+
 def test_a_killed_process_is_replaced_and_the_leader_moves(server_factory: Any, tmp_path: Any) -> None:
     import os
     import signal

@@ -95,6 +95,7 @@ def _serve_processes(settings: Settings, host: str, port: int, workers: int) -> 
     log (api/workers.py). This process only supervises: it opens no engine of its own."""
     import uvicorn
 
+    from kairos.api import supervisor
     from kairos.api.protocol import http_protocol
     from kairos.store import SQLiteStore
 
@@ -110,8 +111,8 @@ def _serve_processes(settings: Settings, host: str, port: int, workers: int) -> 
     os.environ["KAIROS_DB_PATH"] = str(Path(settings.db_path).resolve())
     console.print(f"[bold green]Kairos[/] serving {settings.db_path} ({events:,} events) in {workers} processes "
                   f"on http://{host}:{port}  (API docs: http://{host}:{port}/docs)")
-    uvicorn.run("kairos.api.workers:worker_app", factory=True, workers=workers, host=host, port=port,
-                log_level="warning", http=http_protocol())
+    supervisor.serve(uvicorn.Config("kairos.api.workers:worker_app", factory=True, workers=workers, host=host,
+                                     port=port, log_level="warning", http=http_protocol()))
 
 
 def _warn_if_open(settings: Settings, host: str) -> None:

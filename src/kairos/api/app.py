@@ -3,6 +3,7 @@
 import asyncio
 import logging
 import os
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
@@ -243,8 +244,8 @@ def create_app(engine: Engine, manage_models: bool = True, push: bool | None = N
         if user_events is not None:
             user_events.take(event.user_id for event in events)
         accepted = engine.ingest(events)
-        for event in batch.events:
-            metrics.events.labels(event.type.value).inc()
+        for kind, count in Counter(event.type.value for event in batch.events).items():
+            metrics.events.labels(kind).inc(count)
         return Accepted(accepted=accepted)
 
     # -- items ----------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """`kairos serve --workers N`: N processes serve one database on one port.
 
-Uvicorn's supervisor starts each process (and starts a new one when one dies); each
-calls `worker_app`, which opens its own engine over the database named by the
-environment (KAIROS_DB_PATH and the rest), rebuilds its state from the log and
-follows it from there (replica/). The kernel spreads connections across them.
+The supervisor (api/supervisor.py: uvicorn's, with a listening socket per process)
+starts each process, and a new one when one dies; each calls `worker_app`, which opens
+its own engine over the database named by the environment (KAIROS_DB_PATH and the
+rest), rebuilds its state from the log and follows it from there (replica/). The
+kernel spreads connections across the processes' sockets.
 """
 
 from __future__ import annotations
