@@ -206,14 +206,14 @@ def test_the_cold_start_place_moves_up_the_best_new_item_the_model_proposes(trai
     warm = [engine.catalog.index[item_id(k)] for k in range(12)]
     proposed = np.array(warm[:8] + [b] + warm[8:] + [a])
     fused = reciprocal_rank_fusion({"sequential": Candidates(proposed, np.linspace(1, 0.1, len(proposed)))},
-                                   {"sequential": 1.0}, len(engine.catalog))
+                                   {"sequential": 1.0})
     served = [item for item, _, _ in engine.recommender.cold_start_slots(fused.top(12), fused, 12)]
     # b (9th by the model, nobody engaged with it) takes place 5; the rest keep their order.
     assert served == warm[:4] + [b] + warm[4:8] + warm[8:11]
     # A ten that already shows a new item by that place is left alone.
     early = np.array(warm[:2] + [a] + warm[2:])
     fused = reciprocal_rank_fusion({"sequential": Candidates(early, np.linspace(1, 0.1, len(early)))},
-                                   {"sequential": 1.0}, len(engine.catalog))
+                                   {"sequential": 1.0})
     assert [item for item, _, _ in engine.recommender.cold_start_slots(fused.top(10), fused, 10)] == early[:10].tolist()
 
 
@@ -227,6 +227,6 @@ def test_a_one_item_list_with_the_cold_start_place_first(trained_engine: Engine,
     new = engine.catalog.index["new-c"]
     warm = engine.catalog.index[item_id(0)]
     fused = reciprocal_rank_fusion({"sequential": Candidates(np.array([warm, new]), np.array([0.9, 0.1]))},
-                                   {"sequential": 1.0}, len(engine.catalog))
+                                   {"sequential": 1.0})
     monkeypatch.setattr(engine.settings, "cold_start_position", 1)
     assert [item for item, _, _ in engine.recommender.cold_start_slots(fused.top(1), fused, 1)] == [new]

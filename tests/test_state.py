@@ -156,3 +156,30 @@ def test_a_batch_applies_exactly_as_its_events_one_by_one(seed: int) -> None:
         assert all(math.isclose(row[b], other_row[b], rel_tol=1e-9) for b in row)
         assert math.isclose(total, other_total, rel_tol=1e-9)
         assert math.isclose(total, sum(row.values()), rel_tol=1e-9)  # a row's total is its sum
+
+
+def test_kept_leaders_and_total_match_a_full_scan(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The popular source reads the kept leaders (state/popularity.py): after gains,
+    outsiders overtaking them, rescales and subtractions they are what a scan finds."""
+    import kairos.state.popularity as module
+    from kairos.sources.base import top_k
+
+    monkeypatch.setattr(module, "LEADERS_KEPT", 20)
+    rng = np.random.default_rng(3)
+    popularity = DecayedPopularity(DAY)
+    t = 0.0
+    for step in range(300):
+        t += float(rng.uniform(0, 0.5 * DAY))  # rescales on the way
+        items = rng.integers(0, 200, size=int(rng.integers(1, 30)))
+        if step % 3:
+            popularity.add_many(items, None, rng.uniform(0.1, 3.0, len(items)), np.full(len(items), t))
+        else:
+            for item in items.tolist():
+                popularity.add(item, (), float(rng.uniform(-1.0, 3.0)), t)  # negatives: forgetting
+        scores = popularity.ranking_scores(200)
+        leaders, values, complete = popularity.leaders()
+        expected = top_k(scores, len(leaders))
+        assert leaders.tolist() == expected.items.tolist() and np.allclose(values, expected.scores)
+        assert complete == (int((scores > 0).sum()) <= 20)
+        assert math.isclose(popularity.total(), float(scores.sum()), rel_tol=1e-9)
+        assert np.array_equal(popularity.values(np.array([0, 5, 10_000])), [scores[0], scores[5], 0.0])

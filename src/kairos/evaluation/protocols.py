@@ -254,7 +254,9 @@ def leave_one_out(
                         scores = np.zeros(n_items)
                         scores[found.items] = found.scores
                     else:
-                        scores = engine.fuse(ctx, weights, depth=n_items).scores
+                        fused = engine.fuse(ctx, weights, depth=n_items)
+                        scores = np.zeros(n_items)
+                        scores[fused.items] = fused.scores
                     candidates = ctx.allowed if mask_history else None
                     if candidates is not None:
                         scores = np.where(candidates, scores, -1.0)

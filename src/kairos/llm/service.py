@@ -277,7 +277,7 @@ class LlmService:
             item = index.get(item_id)
             if item is None or not ctx.allowed[item]:
                 continue
-            score, sources = known.get(item, (float(fused.scores[item]), fused.sources_of(item)))
+            score, sources = known.get(item, (fused.score(item), fused.sources_of(item)))
             head.append((item, score, [*sources, "llm"] if "llm" not in sources else sources))
         placed = {item for item, _, _ in head}
         return (head + [c for c in chosen if c[0] not in placed])[:n]

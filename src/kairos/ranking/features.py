@@ -78,10 +78,8 @@ def pool_features(state: OnlineState, ctx: UserContext, ranked: dict[str, Candid
 
 def _item_columns(state: OnlineState, ctx: UserContext, items: np.ndarray) -> list[np.ndarray]:
     n_catalog = len(state.catalog)
-    popularity = state.popularity.ranking_scores(n_catalog)
-    trending = state.trending.ranking_scores(n_catalog)
-    pop_share = popularity[items] / max(float(popularity.sum()), 1e-12)
-    trend_share = trending[items] / max(float(trending.sum()), 1e-12)
+    pop_share = state.popularity.values(items) / max(state.popularity.total(), 1e-12)
+    trend_share = state.trending.values(items) / max(state.trending.total(), 1e-12)
     eps = 1.0 / max(n_catalog, 1) ** 2
     user = ctx.user
     # Times are read against the user's latest event, not the clock: the same in training

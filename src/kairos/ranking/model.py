@@ -53,16 +53,13 @@ class RankingModel:
         (positive, so the fused list's helpers still read them as scores)."""
         if self.mode != "learned" or self.ranker is None:
             return fused
-        pool = pool_features(state, ctx, fused.ranked)
+        pool = pool_features(state, ctx, fused.ranked, fused.items)
         if not len(pool.items):
             return fused
         predicted = self.ranker.score(pool)
-        scores = np.zeros_like(fused.scores)
-        fused_pool = fused.scores[pool.items]
-        fused_share = fused_pool / max(float(fused_pool.max()), 1e-12)
+        fused_share = fused.scores / max(float(fused.scores.max()), 1e-12)
         # A few hundred trees' leaves tie many candidates: the fused ranks order those.
-        scores[pool.items] = np.exp(predicted - predicted.max()) + 1e-6 * fused_share + 1e-9
-        return Fused(scores, fused.contributions, fused.ranked)
+        return fused.rescored(np.exp(predicted - predicted.max()) + 1e-6 * fused_share + 1e-9)
 
     def describe(self) -> dict[str, Any]:
         return {"version": self.version, "mode": self.mode, "weights": self.weights,

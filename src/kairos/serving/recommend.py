@@ -150,7 +150,7 @@ class Recommender:
                 for name, source in view.sources.items()
                 if weights.get(name, 0.0) > 0
             }
-            return reciprocal_rank_fusion(ranked, weights, len(view.catalog), k)
+            return reciprocal_rank_fusion(ranked, weights, k)
 
     def cold_start_slots(self, chosen: Ranked, fused: Fused, n: int) -> Ranked:
         """Make sure each ten of the list has, by place `cold_start_position`, an item
@@ -170,7 +170,7 @@ class Recommender:
         if semantic is not None:
             fitting.update(item for item, score in zip(semantic.items.tolist(), semantic.scores.tolist(), strict=True)
                            if score >= settings.cold_start_min_similarity)
-        cold = sorted((item for item in fitting if not engaged(item)), key=lambda item: (-fused.scores[item], item))
+        cold = sorted((item for item in fitting if not engaged(item)), key=lambda item: (-fused.score(item), item))
         if not cold:
             return chosen
         ranked = list(chosen)

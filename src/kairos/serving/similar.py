@@ -54,7 +54,7 @@ def similar(view: ServingView, item_id: str, n: int = 10, request_id: str | None
                 same_category |= catalog.category_mask(name)
             ctx = UserContext("", view.clock.now(), None, allowed & same_category)
             ranked["popular"] = view.sources["popular"].candidates(ctx, n)
-        fused = reciprocal_rank_fusion(ranked, SIMILAR_WEIGHTS, len(catalog))
+        fused = reciprocal_rank_fusion(ranked, SIMILAR_WEIGHTS)
         title = catalog.titles[idx] or item_id
         items = [
             RecommendedItem(

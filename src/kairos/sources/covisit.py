@@ -36,9 +36,13 @@ class CovisitSource:
             parts_values.append(np.fromiter(row.values(), dtype=np.float64, count=len(row)) * (seed_weight / total))
         if not parts_items:
             return Candidates.empty()
-        scores = np.bincount(np.concatenate(parts_items), weights=np.concatenate(parts_values),
-                             minlength=len(allowed))
-        return top_k(scores[: len(allowed)], k, allowed)
+        # Summed over the neighbours found, not a catalogue-long array.
+        items, where = np.unique(np.concatenate(parts_items), return_inverse=True)
+        scores = np.bincount(where, weights=np.concatenate(parts_values), minlength=len(items))
+        inside = items < len(allowed)
+        items, scores = items[inside], scores[inside]
+        found = top_k(scores, k, allowed[items])
+        return Candidates(items[found.items], found.scores)
 
     def explain(self, ctx: UserContext, item: int) -> str | None:
         """Name the recent visit that contributed most to this item."""

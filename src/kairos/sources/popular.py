@@ -13,11 +13,19 @@ class PopularSource:
         self.state = state
 
     def candidates(self, ctx: UserContext, k: int) -> Candidates:
-        scores = self.state.popularity.ranking_scores(len(self.state.catalog))
-        found = top_k(scores, k, ctx.allowed)
+        popularity = self.state.popularity
+        n = len(self.state.catalog)
+        items, values, complete = popularity.leaders()
+        inside = items < n
+        items, values = items[inside], values[inside]
+        keep = ctx.allowed[items]
+        if complete or int(keep.sum()) >= k:
+            found = Candidates(items[keep][:k], values[keep][:k])
+        else:  # a narrow filter: fewer than k of the leaders pass it
+            found = top_k(popularity.ranking_scores(n), k, ctx.allowed)
         # Shares of all engagement: the decayed sums themselves grow without bound over
         # years of log (forward decay), far past what a float32 feature holds.
-        total = float(scores.sum())
+        total = popularity.total()
         return Candidates(found.items, found.scores / total) if total > 0 else found
 
     def explain(self, ctx: UserContext, item: int) -> str | None:
