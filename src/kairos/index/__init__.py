@@ -1,5 +1,7 @@
-"""Vector indexes over catalogue indices, for semantic candidate sources."""
+"""Vector indexes over catalogue indices: cosine (the semantic sources) and largest inner
+product (the factor models' candidates in a large catalogue)."""
 
+from kairos.index.inner_product import InnerProductIndex
 from kairos.index.vectors import VectorIndex
 
-__all__ = ["VectorIndex"]
+__all__ = ["InnerProductIndex", "VectorIndex"]

@@ -22,7 +22,7 @@ SOURCE_FACTORIES: dict[str, SourceFactory] = {
     "fresh": lambda state, settings: FreshSource(state.catalog),
     "semantic": lambda state, settings: SemanticSource(state),
     "sequential": lambda state, settings: SequentialSource(state),
-    "als": lambda state, settings: AlsSource(state),
+    "als": lambda state, settings: AlsSource(state, settings.factor_index_min_items),
 }
 
 

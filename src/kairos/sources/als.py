@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from kairos.sources.base import Candidates, UserContext, top_k
+from kairos.sources.factor_index import FactorIndex
 from kairos.state.online import OnlineState
 
 VECTORS_KEPT = 100_000  # users whose folded-in factors are kept, least recently asked go first
@@ -22,10 +23,11 @@ VECTORS_KEPT = 100_000  # users whose folded-in factors are kept, least recently
 class AlsSource:
     name = "als"
 
-    def __init__(self, state: OnlineState) -> None:
+    def __init__(self, state: OnlineState, index_min_items: int = 0) -> None:
         self.state = state
         # user -> (the model, their state's revision, their factors or None)
         self._vectors: OrderedDict[str, tuple[Any, int, np.ndarray | None]] = OrderedDict()
+        self.index = FactorIndex(index_min_items)
 
     def candidates(self, ctx: UserContext, k: int) -> Candidates:
         model = self.state.als
@@ -34,6 +36,15 @@ class AlsSource:
         vector = self.user_vector(ctx)
         if vector is None:
             return Candidates.empty()
+        index = self.index.get(model, model.n_items,
+                               lambda: (model.item_factors, np.arange(model.n_items, dtype=np.int64)))
+        if index is not None:
+            items, scores = index.search(vector, k, ctx.allowed)
+            positive = scores > 0  # as below: an item the model does not like is not proposed
+            found = Candidates(items[positive], scores[positive])
+            if len(found.items) == k:
+                return found
+            # Fewer than k: a narrow filter the index's cells did not reach; score them all.
         return top_k(model.scores(vector, len(self.state.catalog)), k, ctx.allowed)
 
     def user_vector(self, ctx: UserContext) -> np.ndarray | None:
