@@ -230,3 +230,36 @@ def test_a_one_item_list_with_the_cold_start_place_first(trained_engine: Engine,
                                    {"sequential": 1.0})
     monkeypatch.setattr(engine.settings, "cold_start_position", 1)
     assert [item for item, _, _ in engine.recommender.cold_start_slots(fused.top(1), fused, 1)] == [new]
+
+
+def test_a_large_catalogue_takes_the_same_candidates_from_the_index(trained_engine: Engine,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past `factor_index_min_items` the behaviour model's candidates come from an
+    inner-product index: the same items and (up to the estimated denominator) the same
+    probabilities as scoring every item."""
+    from kairos.sources.sequential import SequentialSource
+
+    engine = trained_engine
+    served = engine.state.sequential
+    assert served is not None and served.model.config.transition_window
+    everything, indexed = SequentialSource(engine.state), SequentialSource(engine.state, index_min_items=1)
+    assert indexed.index.get(served, served.model.n_items, served.index_rows) is None  # building
+    deadline = time.monotonic() + 30
+    while indexed.index.get(served, served.model.n_items, served.index_rows) is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    keys = served.item_keys()
+    for user in sorted(engine.state.users)[:20]:
+        ctx = engine.user_context(user, exclude_seen=False)
+        query, recent = served.query_of(ctx.user.recent)
+        # The prior of a few columns is the full row's, cold items included.
+        full_row = served.model.scores_for(np.zeros_like(query), recent, keys, served._extra_neighbours)
+        columns = np.arange(1, len(keys))
+        assert np.allclose(served.model.prior_of(recent, columns, served._extra_neighbours)[0], full_row[1:],
+                           atol=1e-4)
+        expected = everything.candidates(ctx, 5)
+        with monkeypatch.context() as patch:
+            patch.setattr(served, "catalogue_scores", None)  # the index path alone answers
+            found = indexed.candidates(ctx, 5)
+        assert found.items.tolist() == expected.items.tolist(), user
+        assert np.allclose(found.scores, expected.scores, rtol=0.05), user

@@ -135,8 +135,9 @@ class Settings(BaseSettings):
     als_config: dict[str, Any] = Field(
         default_factory=dict, description="AlsConfig fields (factors, regularization, alpha, iterations).")
     factor_index_min_items: int = Field(
-        default=100_000, ge=0, description="From this many items on, ALS's candidates come from an inner-product "
-        "index (faiss IVF, built in the background when a model loads) instead of scoring every item; 0 = never.")
+        default=100_000, ge=0, description="From this many items on, the behaviour model's and ALS's candidates "
+        "come from an inner-product index (faiss IVF, built in the background for each model) instead of "
+        "scoring every item; 0 = never.")
     covisit_recent_items: int = Field(
         default=5, ge=1, description="How many of the user's latest visits seed co-visitation."
     )

@@ -21,7 +21,7 @@ SOURCE_FACTORIES: dict[str, SourceFactory] = {
     "covisit": lambda state, settings: CovisitSource(state, settings.covisit_recent_items),
     "fresh": lambda state, settings: FreshSource(state.catalog),
     "semantic": lambda state, settings: SemanticSource(state),
-    "sequential": lambda state, settings: SequentialSource(state),
+    "sequential": lambda state, settings: SequentialSource(state, settings.factor_index_min_items),
     "als": lambda state, settings: AlsSource(state, settings.factor_index_min_items),
 }
 

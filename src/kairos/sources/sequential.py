@@ -5,7 +5,9 @@ updated synchronously, so the event acknowledged a moment ago is the last step o
 the model's input. The encoder reads the sequence once per event (the user's query is
 kept, under their state's revision, until their next event); each request scores every
 item from it with one matrix-vector product and the transition prior; the request's
-filters apply as a mask before the top k are taken.
+filters apply as a mask before the top k are taken. In a catalogue past
+`factor_index_min_items` the candidates come from an inner-product index instead
+(`ServedSequential.indexed_candidates`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from kairos.sources.base import Candidates, UserContext, action_phrase
+from kairos.sources.factor_index import FactorIndex
 from kairos.state.catalog import Catalog
 from kairos.state.online import OnlineState
 from kairos.state.users import SequenceStep
@@ -25,6 +28,7 @@ from kairos.threads import apply_torch_limit
 if TYPE_CHECKING:
     import torch
 
+    from kairos.index import InnerProductIndex
     from kairos.models import (  # torch: imported once a model serves
         StepFeatures,
         TrainedModel,
@@ -35,6 +39,7 @@ EXPLAIN_FROM_LAST = 10  # recent steps searched for the one closest to the propo
 # catalogue index -> unit text vector, or None when the item has no text
 TextVectorLookup = Callable[[int], np.ndarray | None]
 QUERIES_KEPT = 100_000  # users whose query is kept (about 0.3 KB each), least recently asked go first
+DENOMINATOR_SAMPLE = 2_048  # items whose scores estimate the softmax's denominator (a large catalogue)
 
 
 class ServedSequential:
@@ -70,6 +75,9 @@ class ServedSequential:
         self._extra_neighbours: np.ndarray | None = None  # their text neighbours (for the prior)
         self._vectors: np.ndarray | None = None
         self._keys: np.ndarray | None = None  # item keys (push targeting, scoring a kept query)
+        self._indexed_rows = 0  # model rows in the inner-product index (a large catalogue)
+        self._sample: np.ndarray | None = None  # model rows that estimate a softmax's denominator
+        self._sample_baseline = np.empty(0, dtype=np.float32)
         # user -> (their state's revision, query, latest items): the encoder runs once per event
         self._queries: OrderedDict[str, tuple[Hashable, np.ndarray, np.ndarray]] = OrderedDict()
         self._add_new_items(np.flatnonzero(self._model_of == 0))
@@ -189,32 +197,94 @@ class ServedSequential:
             self._keys = self.model.item_keys(self._extra)
         return self._keys
 
+    # -- a large catalogue: the top candidates from an inner-product index --
+
+    def index_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """Rows for the inner-product index (sources/factor_index.py), keyed by catalogue
+        index: each item's key with its prior without evidence appended, so that a query
+        (q, 1) ranks items as for a user whose latest items lead nowhere. Items added
+        after this call are scored exactly per request instead."""
+        keys = self.item_keys()
+        placed = np.flatnonzero(self._catalog_of[: len(keys)] >= 0)
+        baseline, _ = self.model.prior_of(None, placed, self._extra_neighbours)
+        self._indexed_rows = len(keys)
+        return np.hstack([keys[placed], baseline[:, None]]).astype(np.float32), self._catalog_of[placed]
+
+    def indexed_candidates(self, index: InnerProductIndex, query: np.ndarray, recent: np.ndarray,
+                           allowed: np.ndarray, k: int) -> Candidates:
+        """The k best allowed items and their probabilities, as `SequentialSource` computes
+        them from every item's score, from a few hundred: the index's best under the prior
+        without evidence, every item the user's latest items lead to, and items newer than
+        the index, each scored exactly. The softmax's denominator over the rest of the
+        allowed items is estimated from a fixed sample of them (their score is the index's).
+        Cold items that only the user's transitions would lift are found at their baseline."""
+        keys = self.item_keys()
+        found, _ = index.search(np.append(query, np.float32(1.0)), max(4 * k, 200), allowed)
+        baseline_led = self.model.prior_of(recent, np.empty(0, dtype=np.int64), self._extra_neighbours)[1]
+        rows = np.unique(np.concatenate([self._model_of[found], baseline_led,
+                                         np.arange(self._indexed_rows, len(keys))]))
+        rows = rows[(rows > 0) & (rows < len(keys))]
+        rows = rows[self._catalog_of[rows] >= 0]
+        rows = rows[allowed[self._catalog_of[rows]]]
+        if not len(rows):
+            return Candidates.empty()
+        prior, _ = self.model.prior_of(recent, rows, self._extra_neighbours)
+        logits = keys[rows] @ query + prior
+        top = float(logits.max())
+        chosen = np.lexsort((self._catalog_of[rows], -logits))[:k]
+        return Candidates(self._catalog_of[rows[chosen]],
+                          np.exp(logits[chosen] - top) / self._denominator(query, logits, top, rows, allowed))
+
+    def _denominator(self, query: np.ndarray, logits: np.ndarray, top: float, rows: np.ndarray,
+                     allowed: np.ndarray) -> float:
+        if self._sample is None:
+            rng = np.random.default_rng(0)
+            placed = np.flatnonzero(self._catalog_of[: self._indexed_rows] >= 0)
+            self._sample = np.sort(rng.choice(placed, min(len(placed), DENOMINATOR_SAMPLE), replace=False))
+            self._sample_baseline = self.model.prior_of(None, self._sample, self._extra_neighbours)[0]
+        sample = self._sample
+        outside = allowed[self._catalog_of[sample]] & ~np.isin(sample, rows)
+        rest = max(int(allowed.sum()) - len(rows), 0)
+        exact = float(np.exp(logits - top).sum())
+        if not outside.any() or rest == 0:
+            return exact
+        scores = self.item_keys()[sample[outside]] @ query + self._sample_baseline[outside]
+        return exact + rest * float(np.exp(scores - top).mean())
+
     def prior_columns(self, recent: np.ndarray, model_indices: np.ndarray) -> np.ndarray:
         return self.model.prior_columns(recent, model_indices, self._extra_neighbours)
 
     def forget(self, user_id: str) -> None:
         self._queries.pop(user_id, None)
 
-    def catalogue_scores(self, steps: list[SequenceStep], user: tuple[str, Hashable] | None = None
-                         ) -> np.ndarray | None:
-        """Scores over catalogue indices (-inf where the model has no representation);
-        None when none of the user's visits is known to the model. `user`: (id, a version
-        of their sequence, e.g. their state's revision): the query is computed once per version."""
+    def query_of(self, steps: list[SequenceStep], user: tuple[str, Hashable] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray] | None:
+        """The user's query and latest items (`TrainedModel.query`); None when none of their
+        visits is known to the model. `user`: (id, a version of their sequence, e.g. their
+        state's revision): the encoder runs once per version."""
         self.align()
         kept = self._queries.get(user[0]) if user is not None else None
         if kept is not None and kept[0] == user[1]:  # type: ignore[index]
             self._queries.move_to_end(user[0])  # type: ignore[index]
-            query, recent = kept[1], kept[2]
-        else:
-            items, features = self.inputs(steps)
-            if not items:
-                return None
-            query, recent = self.model.query(items, features)
-            if user is not None:
-                self._queries[user[0]] = (user[1], query, recent)
-                if len(self._queries) > QUERIES_KEPT:
-                    self._queries.popitem(last=False)
-        scores = self.model.scores_for(query, recent, self.item_keys(), self._extra_neighbours)
+            return kept[1], kept[2]
+        items, features = self.inputs(steps)
+        if not items:
+            return None
+        query, recent = self.model.query(items, features)
+        if user is not None:
+            self._queries[user[0]] = (user[1], query, recent)
+            if len(self._queries) > QUERIES_KEPT:
+                self._queries.popitem(last=False)
+        return query, recent
+
+    def catalogue_scores(self, steps: list[SequenceStep], user: tuple[str, Hashable] | None = None
+                         ) -> np.ndarray | None:
+        """Scores over catalogue indices (-inf where the model has no representation);
+        None when none of the user's visits is known to the model (`user` as in `query_of`)."""
+        found = self.query_of(steps, user)
+        if found is None:
+            return None
+        scores = self.model.scores_for(found[0], found[1], self.item_keys(), self._extra_neighbours)
         out = np.full(len(self.catalog), -np.inf)
         placed = self._catalog_of >= 0
         out[self._catalog_of[placed]] = scores[placed]
@@ -224,13 +294,23 @@ class ServedSequential:
 class SequentialSource:
     name = "sequential"
 
-    def __init__(self, state: OnlineState) -> None:
+    def __init__(self, state: OnlineState, index_min_items: int = 0) -> None:
         self.state = state
+        self.index = FactorIndex(index_min_items)
 
     def candidates(self, ctx: UserContext, k: int) -> Candidates:
         served = self.state.sequential
         if served is None or ctx.user is None:
             return Candidates.empty()
+        index = self.index.get(served, served.model.n_items, served.index_rows)
+        if index is not None:
+            kept = served.query_of(ctx.user.recent, (ctx.user_id, ctx.user.revision))
+            if kept is None:
+                return Candidates.empty()
+            found = served.indexed_candidates(index, kept[0], kept[1], ctx.allowed, k)
+            if len(found.items) == k:
+                return found
+            # Fewer than k: a narrow filter the index's cells did not reach; score them all.
         logits = served.catalogue_scores(ctx.user.recent, (ctx.user_id, ctx.user.revision))
         if logits is None:
             return Candidates.empty()

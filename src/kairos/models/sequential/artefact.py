@@ -210,6 +210,58 @@ class TrainedModel:
                 keys = torch.cat([keys, self.module.head(table[:1], extra)[1]])
         return keys.numpy().astype(np.float32)
 
+    def prior_of(self, recent: np.ndarray | None, columns: np.ndarray,
+                 extra_neighbours: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """One user's transition prior (what `scores_for` adds) of `columns` only, and the
+        columns their latest items (`recent` as `query` returns them; None: none) lead to
+        (model indices with evidence). Reads a few rows of the transition matrix, never a
+        catalogue-long one: `prior_of(None, ...)` is every column's prior without evidence."""
+        module, config = self.module, self.config
+        columns = np.asarray(columns, dtype=np.int64)
+        if not config.transition_window:
+            return np.zeros(len(columns), dtype=np.float32), np.empty(0, dtype=np.int64)
+        n = module.n_items + 1
+        if self._transitions_csr is None:
+            self._log_prior([np.array([1])], n)  # builds the CSR and the smoothing once
+        if self._cold is None:
+            cold, neighbours = module.cold_items()
+            self._cold = (cold.numpy(), neighbours.numpy())
+        csr = self._transitions_csr
+        led = np.empty(0, dtype=np.int64)
+        evidence = np.empty(0, dtype=np.float64)
+        if recent is not None and len(recent):
+            recent = recent[recent > 0]
+            decay = config.transition_decay ** np.arange(len(recent))
+            starts, ends = csr.indptr[recent], csr.indptr[recent + 1]
+            found = [csr.indices[a:b] for a, b in zip(starts, ends, strict=True)]
+            if found:
+                led, where = np.unique(np.concatenate(found), return_inverse=True)
+                weights = np.concatenate([csr.data[a:b] * w for a, b, w in zip(starts, ends, decay, strict=True)])
+                evidence = np.bincount(where, weights, minlength=len(led))
+
+        def log_prior(of: np.ndarray) -> np.ndarray:
+            at = np.minimum(np.searchsorted(led, of), max(len(led) - 1, 0))
+            seen = np.zeros(len(of)) if not len(led) else np.where(led[at] == of, evidence[at], 0.0)
+            return np.log(seen + self._smooth[of])
+
+        floor = math.log(0.01 / module.n_items)
+        out = np.full(len(columns), floor)
+        warm = columns < n
+        out[warm] = log_prior(columns[warm])
+        cold, cold_neighbours = self._cold
+        if len(cold):
+            row = np.searchsorted(cold, columns)
+            is_cold = warm & (row < len(cold)) & (cold[np.minimum(row, len(cold) - 1)] == columns)
+            if is_cold.any():
+                picked = cold_neighbours[row[is_cold]]
+                out[is_cold] = log_prior(picked.ravel()).reshape(picked.shape).max(-1) if picked.shape[1] else floor
+        extra = ~warm
+        if extra.any() and config.cold_prior != "floor" and extra_neighbours is not None \
+                and extra_neighbours.shape[1]:
+            picked = extra_neighbours[columns[extra] - n]
+            out[extra] = log_prior(picked.ravel()).reshape(picked.shape).max(-1)
+        return (float(module.trans_scale) * out).astype(np.float32), led
+
     def prior_columns(self, recent: np.ndarray, columns: np.ndarray,
                       extra_neighbours: np.ndarray | None = None) -> np.ndarray:
         """(len(recent), len(columns)) the weighted transition prior (what `score_sequences`
