@@ -220,7 +220,11 @@ def recommend_phase(server: Server, script: Path, args: argparse.Namespace) -> l
 
 
 def ingest_phase(server: Server, recommend: Path, ingest: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """Batches of 1,000 events from 2 connections while 8 clients ask for recommendations."""
+    """Batches of 1,000 events from 2 connections: alone, then while 8 clients ask for
+    recommendations (closed loop: they take whatever CPU the ingest leaves)."""
+    alone = wrk(server.url, ingest, 2, args.duration)
+    print(f"  ingest alone {alone['rps'] * INGEST_BATCH:,.0f} events/s (batch p50 {alone['p50_ms']:.1f} ms, "
+          f"p99 {alone['p99_ms']:.1f} ms)", flush=True)
     results: dict[str, Any] = {}
 
     def run(name: str, script: Path, clients: int) -> None:
@@ -237,7 +241,8 @@ def ingest_phase(server: Server, recommend: Path, ingest: Path, args: argparse.N
     print(f"  ingest {events_per_s:,.0f} events/s (batch p50 {batches['p50_ms']:.1f} ms, p99 "
           f"{batches['p99_ms']:.1f} ms) while recommendations p50 {results['recommend']['p50_ms']:.2f} "
           f"p99 {results['recommend']['p99_ms']:.2f} ms at {results['recommend']['rps']:,.0f} req/s", flush=True)
-    return {"events_per_s": round(events_per_s), "batch": batches, "recommend_at_8": results["recommend"]}
+    return {"events_per_s_alone": round(alone["rps"] * INGEST_BATCH), "batch_alone": alone,
+            "events_per_s": round(events_per_s), "batch": batches, "recommend_at_8": results["recommend"]}
 
 
 def visibility_phase(db: Path, args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
