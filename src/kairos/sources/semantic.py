@@ -22,6 +22,9 @@ EXPLAIN_FROM_LAST = 20  # recent positive visits searched for the closest one
 SEARCHES_KEPT = 20_000  # users whose unmasked search is kept, least recently asked go first
 
 
+EXPLAIN_KEY = "semantic.liked"  # UserContext.extra: what `explain` reads once per request
+
+
 class SemanticSource:
     name = "semantic"
 
@@ -72,12 +75,20 @@ class SemanticSource:
             return None
         best, best_score = None, -2.0
         if ctx.user is not None:
-            for step in reversed(ctx.user.recent[-4 * EXPLAIN_FROM_LAST:]):
-                if step.weight <= 0 or step.item == item:
-                    continue
-                vector = semantic.item_vector(step.item)
-                if vector is not None and (score := float(vector @ target)) > best_score:
-                    best, best_score = step, score
+            # The user's liked steps, newest first, and their vectors: once per request.
+            liked = ctx.extra.get(EXPLAIN_KEY)
+            if liked is None:
+                steps = [step for step in reversed(ctx.user.recent[-4 * EXPLAIN_FROM_LAST:]) if step.weight > 0]
+                vectors = semantic.index.vectors_of([step.item for step in steps]) if steps else None
+                liked = ctx.extra[EXPLAIN_KEY] = (steps, vectors)
+            steps, vectors = liked
+            if steps:
+                scores = vectors @ target
+                usable = vectors.any(1) & np.fromiter((step.item != item for step in steps), dtype=bool,
+                                                      count=len(steps))
+                if usable.any():
+                    at = int(np.argmax(np.where(usable, scores, -np.inf)))  # the newest of the closest
+                    best, best_score = steps[at], float(scores[at])
         stated = semantic.stated.get(ctx.user_id)
         if stated is not None and float(stated @ target) > best_score:
             text = semantic.stated_text.get(ctx.user_id, "")

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     )
 
 EXPLAIN_FROM_LAST = 10  # recent steps searched for the one closest to the proposed item
+EXPLAIN_KEY = "sequential.visits"  # UserContext.extra: what `explain` reads once per request
 
 # catalogue index -> unit text vector, or None when the item has no text
 TextVectorLookup = Callable[[int], np.ndarray | None]
@@ -334,9 +335,13 @@ class SequentialSource:
         target = served.model_index(item)
         if target == 0:
             return None
-        visits = [s for s in reversed([s for s in ctx.user.recent if s.visit][-EXPLAIN_FROM_LAST:]) if s.item != item]
-        indices = served.model_indices(np.fromiter((s.item for s in visits), dtype=np.int64, count=len(visits)))
-        known = np.flatnonzero(indices > 0)
+        kept = ctx.extra.get(EXPLAIN_KEY)  # the latest visits, newest first: once per request
+        if kept is None:
+            visits = list(reversed([s for s in ctx.user.recent if s.visit][-EXPLAIN_FROM_LAST:]))
+            items = np.fromiter((s.item for s in visits), dtype=np.int64, count=len(visits))
+            kept = ctx.extra[EXPLAIN_KEY] = (visits, items, served.model_indices(items))
+        visits, items, indices = kept
+        known = np.flatnonzero((indices > 0) & (items != item))
         if not len(known):
             return None
         table = served.item_vectors()
