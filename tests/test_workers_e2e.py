@@ -136,3 +136,35 @@ def test_a_restart_starts_from_the_snapshot_the_leader_left(server_factory: Any,
     assert {tuple(h[k] for k in keys) for h in after.values()} == {tuple(h[k] for k in keys) for h in before.values()}
     recent = fresh_get(f"{restarted.url}/v1/users/u3").json()["recent"]
     assert [step["item_id"] for step in recent] == ["i24", "i17", "i10", "i3"]
+
+
+def test_two_processes_over_postgresql(server_factory: Any, postgres_url: str) -> None:
+    """KAIROS_STORE_URL: the log on a real PostgreSQL server; both processes follow it
+    and every write shows in every reader, through fresh connections."""
+    from kairos.store.postgres import PostgresStore
+
+    server = server_factory(env={**WORKERS, "KAIROS_STORE_URL": postgres_url})
+    assert len(processes(server)) == 2
+    with httpx.Client(base_url=server.url, timeout=10.0) as writer:
+        assert writer.post("/v1/items", json={"items": ITEMS}).status_code == 200
+        for k in range(15):
+            user = f"pg-{k}"
+            event = {"user_id": user, "item_id": f"i{k}", "type": "click"}
+            assert writer.post("/v1/events", json={"events": [event]}).status_code == 200
+            recent = fresh_get(f"{server.url}/v1/users/{user}").json()["recent"]
+            assert [step["item_id"] for step in recent] == [f"i{k}"], user
+    counts = {pid: (h["events"], h["items"]) for pid, h in processes(server).items()}
+    assert set(counts.values()) == {(15, 30)}, counts
+    store = PostgresStore(postgres_url)
+    try:
+        assert store.count_events() == 15 and len(list(store.iter_items())) == 30
+    finally:
+        store.close()
+    assert not server.db_path.exists() or "events" not in _sqlite_tables(server.db_path)
+
+
+def _sqlite_tables(path: Any) -> set[str]:
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:
+        return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}

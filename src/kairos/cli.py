@@ -40,9 +40,9 @@ def _settings(db: Path | None) -> Settings:
 
 def open_engine(settings: Settings) -> Engine:
     """Open the store and rebuild online state, with a progress bar."""
-    from kairos.store import SQLiteStore
+    from kairos.store import open_store
 
-    store = SQLiteStore(settings.db_path, synchronous=settings.sqlite_synchronous)
+    store = open_store(settings)
     total = store.count_events()
     engine = Engine(settings, store=store, rebuild=False)
     with progress("rebuilding state", total, quiet=total < 100_000) as advance:
@@ -97,10 +97,10 @@ def _serve_processes(settings: Settings, host: str, port: int, workers: int) -> 
 
     from kairos.api import supervisor
     from kairos.api.protocol import http_protocol
-    from kairos.store import SQLiteStore
+    from kairos.store import open_store
 
     _warn_if_open(settings, host)
-    store = SQLiteStore(settings.db_path, synchronous=settings.sqlite_synchronous)  # migrated once, here
+    store = open_store(settings)  # migrated once, here
     events = store.count_events()
     store.close()
     if settings.semantic_enabled:
@@ -778,12 +778,12 @@ def push_worker(db: DbOption = None) -> None:
     from kairos.push.database import PushDatabase
     from kairos.push.outbox import Outbox
     from kairos.push.worker import DeliveryWorker
-    from kairos.store import SQLiteStore
+    from kairos.store import open_store
 
     settings = _settings(db)
     clock = WallClock()
     push_db = PushDatabase(settings.db_path, settings.sqlite_synchronous)
-    store = SQLiteStore(settings.db_path, synchronous=settings.sqlite_synchronous)
+    store = open_store(settings)
 
     def address(user_id: str) -> str | None:
         record = store.get_user(user_id)

@@ -52,7 +52,7 @@ from kairos.sources import CandidateSource, UserContext, build_sources
 from kairos.sources.sequential import ServedSequential
 from kairos.state import Catalog, OnlineState
 from kairos.state.semantic import SemanticState
-from kairos.store import EventRecord, ItemRecord, SQLiteStore, Store, UserRecord
+from kairos.store import EventRecord, ItemRecord, Store, UserRecord, open_store
 from kairos.store.base import forget_digest
 from kairos.training.pipeline import registry as model_registry
 from kairos.training.registry import ModelRegistry, RegisteredModel
@@ -89,9 +89,7 @@ class Engine:
         progress: ProgressCallback | None = None,
     ) -> None:
         self.settings = settings or Settings()
-        self.store: Store = store or SQLiteStore(
-            self.settings.db_path, synchronous=self.settings.sqlite_synchronous
-        )
+        self.store: Store = store or open_store(self.settings)
         self.clock: Clock = clock or WallClock()
         self._lock = threading.RLock()
         self.semantic: SemanticState | None = None
