@@ -95,14 +95,20 @@ class PostgresStore:
     # -- events ---------------------------------------------------------------------------
 
     def append_events(self, events: Sequence[EventRecord], bare_items: Sequence[ItemRecord]) -> int:
-        rows = [(e.user_id, e.item_id, str(e.type), e.timestamp, e.value,
-                 Jsonb(e.context) if e.context else None) for e in events]
+        # One statement per batch (arrays unnested server-side, in order): a row per
+        # statement costs a round trip each.
+        columns = ([e.user_id for e in events], [e.item_id for e in events], [str(e.type) for e in events],
+                   [e.timestamp for e in events], [e.value for e in events],
+                   [Jsonb(e.context) if e.context else None for e in events])
         with self._lock, self._write() as cursor:
             if bare_items:
-                cursor.executemany("INSERT INTO items (item_id, created_at) VALUES (%s, %s) "
-                                   "ON CONFLICT (item_id) DO NOTHING",
-                                   [(item.item_id, item.created_at) for item in bare_items])
-            cursor.executemany(f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)", rows)
+                cursor.execute("INSERT INTO items (item_id, created_at) "
+                               "SELECT * FROM unnest(%s::text[], %s::float8[]) ON CONFLICT (item_id) DO NOTHING",
+                               ([item.item_id for item in bare_items], [item.created_at for item in bare_items]))
+            cursor.execute(f"INSERT INTO events ({_EVENT_COLUMNS}) SELECT {_EVENT_COLUMNS} FROM unnest(%s::text[], "
+                           "%s::text[], "
+                           "%s::text[], %s::float8[], %s::float8[], %s::jsonb[]) WITH ORDINALITY AS batch("
+                           f"{_EVENT_COLUMNS}, n) ORDER BY n", columns)
             return self._last_event_id(cursor)
 
     def iter_events(self, batch_size: int = 10_000) -> Iterator[list[EventRecord]]:
