@@ -36,21 +36,23 @@ class Writer:
         if not records:
             return 0
         target = self.target
-        with target.lock:
-            bare: dict[str, ItemRecord] = {}
-            for record in records:
-                if record.item_id not in target.catalog and record.item_id not in bare:
-                    bare[record.item_id] = ItemRecord(record.item_id, created_at=record.timestamp)
-            last = target.store.append_events(records, list(bare.values()))
-            caught = target.follower.appended(records, last)
+        bare: dict[str, ItemRecord] = {}
+        for record in records:
+            if record.item_id not in target.catalog and record.item_id not in bare:
+                bare[record.item_id] = ItemRecord(record.item_id, created_at=record.timestamp)
+        # The store serialises writes itself: the state's lock (which reads take) is held
+        # for applying only, not while the commit waits for the disk. A batch that another
+        # thread's catch-up applied first is not applied twice (the follower's positions).
+        last = target.store.append_events(records, list(bare.values()))
+        caught = target.follower.appended(records, last)
         target.tell(caught)
         return len(records)
 
     def upsert_items(self, items: Sequence[Item]) -> list[ItemRecord]:
         target = self.target
         now = target.clock.now()
+        records: list[ItemRecord] = []
         with target.lock:
-            records: list[ItemRecord] = []
             for item in items:
                 created_at = item.created_at
                 if created_at is None:
@@ -58,11 +60,12 @@ class Writer:
                     created_at = float(target.catalog.created_at[known]) if known is not None else now
                 records.append(ItemRecord(item.item_id, item.title, item.text, list(item.categories),
                                           dict(item.attributes), created_at, item.available))
-            if target.semantic is not None:
-                # Encoded before the commit: processes that follow the log find the vectors cached.
-                target.semantic.embed_items(records, show_progress=len(records) >= 1000)
-            last = target.store.upsert_items(records)
-            caught = target.follower.changed_items(records, last)
+        if target.semantic is not None:
+            # Encoded before the commit (processes that follow the log find the vectors
+            # cached) and outside the state's lock: reads go on meanwhile.
+            target.semantic.embed_items(records, show_progress=len(records) >= 1000)
+        last = target.store.upsert_items(records)
+        caught = target.follower.changed_items(records, last)
         target.tell(caught)
         return records
 
@@ -86,11 +89,10 @@ class Writer:
         target = self.target
         now = target.clock.now()
         records = [UserRecord(u.user_id, dict(u.attributes), u.text, now) for u in users]
-        with target.lock:
-            stated = [r.text for r in records if r.text.strip()]
-            if target.semantic is not None and stated:
-                target.semantic.embed(stated)  # cached for the processes that follow the log
-            caught = target.follower.changed_users(records, target.store.upsert_users(records))
+        stated = [r.text for r in records if r.text.strip()]
+        if target.semantic is not None and stated:
+            target.semantic.embed(stated)  # cached for the processes that follow the log
+        caught = target.follower.changed_users(records, target.store.upsert_users(records))
         target.tell(caught)
         return records
 

@@ -118,6 +118,14 @@ class SQLiteStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._migrate()
+        # Reads go through their own connection (WAL: they never wait for a write's commit,
+        # the fsync included); an in-memory database has one connection for both.
+        self._read_lock = self._lock if str(path) == ":memory:" else threading.RLock()
+        self._reader = self._db if str(path) == ":memory:" else sqlite3.connect(
+            str(path), isolation_level=None, check_same_thread=False)
+        if self._reader is not self._db:
+            self._reader.execute("PRAGMA busy_timeout=30000")
+            self._reader.execute("PRAGMA query_only=1")
 
     def _migrate(self) -> None:
         if self._db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
@@ -160,8 +168,8 @@ class SQLiteStore:
     def iter_events(self, batch_size: int = 10_000) -> Iterator[list[EventRecord]]:
         last_id = 0
         while True:
-            with self._lock:
-                rows = self._db.execute(
+            with self._read_lock:
+                rows = self._reader.execute(
                     "SELECT id, user_id, item_id, type, ts, value, context FROM events "
                     "WHERE id > ? ORDER BY id LIMIT ?",
                     (last_id, batch_size),
@@ -172,8 +180,8 @@ class SQLiteStore:
             yield [_event_from_row(row[1:]) for row in rows]
 
     def events_after(self, position: int, limit: int = 10_000) -> list[tuple[int, EventRecord]]:
-        with self._lock:
-            rows = self._db.execute(
+        with self._read_lock:
+            rows = self._reader.execute(
                 "SELECT id, user_id, item_id, type, ts, value, context FROM events "
                 "WHERE id > ? ORDER BY id LIMIT ?",
                 (position, limit),
@@ -181,31 +189,31 @@ class SQLiteStore:
         return [(row[0], _event_from_row(row[1:])) for row in rows]
 
     def last_position(self) -> int:
-        with self._lock:
-            return self._last_rowid("events")
+        with self._read_lock:
+            return self._last_rowid("events", self._reader)
 
-    def _last_rowid(self, table: str) -> int:
+    def _last_rowid(self, table: str, db: sqlite3.Connection | None = None) -> int:
         """The largest position ever handed out (deleted rows included)."""
-        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,)).fetchone()
+        row = (db or self._db).execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,)).fetchone()
         return int(row[0]) if row else 0
 
     # -- the change feed: what replicas re-read besides events ------------------------------
 
     def log_version(self) -> int:
         # Changes when another connection commits; reads shared memory, not the file.
-        with self._lock:
-            return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+        with self._read_lock:
+            return int(self._reader.execute("PRAGMA data_version").fetchone()[0])
 
     def changes_after(self, position: int, limit: int = 10_000) -> list[tuple[int, str, str]]:
-        with self._lock:
-            rows = self._db.execute(
+        with self._read_lock:
+            rows = self._reader.execute(
                 "SELECT seq, kind, key FROM changes WHERE seq > ? ORDER BY seq LIMIT ?", (position, limit)
             ).fetchall()
         return [(int(row[0]), row[1], row[2]) for row in rows]
 
     def last_change(self) -> int:
-        with self._lock:
-            return self._last_rowid("changes")
+        with self._read_lock:
+            return self._last_rowid("changes", self._reader)
 
     def _record_changes(self, kind: str, keys: Sequence[str]) -> int:
         # REPLACE: one row per key, moved to the end of the feed by its latest change.
@@ -214,8 +222,8 @@ class SQLiteStore:
         return self._last_rowid("changes")
 
     def user_events(self, user_id: str) -> list[EventRecord]:
-        with self._lock:
-            rows = self._db.execute(
+        with self._read_lock:
+            rows = self._reader.execute(
                 "SELECT user_id, item_id, type, ts, value, context FROM events "
                 "WHERE user_id = ? ORDER BY id",
                 (user_id,),
@@ -223,8 +231,8 @@ class SQLiteStore:
         return [_event_from_row(row) for row in rows]
 
     def count_events(self) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT count(*) FROM events").fetchone()[0])
+        with self._read_lock:
+            return int(self._reader.execute("SELECT count(*) FROM events").fetchone()[0])
 
     # -- items ----------------------------------------------------------------------------
 
@@ -234,8 +242,8 @@ class SQLiteStore:
             return self._record_changes("item", [item.item_id for item in items])
 
     def get_item(self, item_id: str) -> ItemRecord | None:
-        with self._lock:
-            row = self._db.execute(
+        with self._read_lock:
+            row = self._reader.execute(
                 "SELECT item_id, title, text, categories, attributes, created_at, available "
                 "FROM items WHERE item_id = ?",
                 (item_id,),
@@ -243,8 +251,8 @@ class SQLiteStore:
         return _item_from_row(row) if row else None
 
     def iter_items(self) -> Iterator[ItemRecord]:
-        with self._lock:
-            rows = self._db.execute(
+        with self._read_lock:
+            rows = self._reader.execute(
                 "SELECT item_id, title, text, categories, attributes, created_at, available "
                 "FROM items ORDER BY rowid"  # first-insertion order = the live catalogue's order
             ).fetchall()
@@ -263,8 +271,8 @@ class SQLiteStore:
             return self._record_changes("user", [u.user_id for u in users])
 
     def get_user(self, user_id: str) -> UserRecord | None:
-        with self._lock:
-            row = self._db.execute(
+        with self._read_lock:
+            row = self._reader.execute(
                 "SELECT user_id, attributes, text, created_at FROM users WHERE user_id = ?",
                 (user_id,),
             ).fetchone()
@@ -273,8 +281,8 @@ class SQLiteStore:
         return UserRecord(row[0], json.loads(row[1]), row[2], row[3])
 
     def iter_users(self) -> Iterator[UserRecord]:
-        with self._lock:
-            rows = self._db.execute(
+        with self._read_lock:
+            rows = self._reader.execute(
                 "SELECT user_id, attributes, text, created_at FROM users"
             ).fetchall()
         return (UserRecord(r[0], json.loads(r[1]), r[2], r[3]) for r in rows)
@@ -291,7 +299,9 @@ class SQLiteStore:
     # -- plumbing -------------------------------------------------------------------------
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._read_lock:
+            if self._reader is not self._db:
+                self._reader.close()
             self._db.close()
 
     def _transaction(self) -> _Transaction:
