@@ -115,3 +115,28 @@ def test_concurrent_writers_never_let_a_reader_skip_an_event(open_store: OpenSto
     assert sorted(end - size for end, size in ends) == list(range(1, 1 + 4 * 15 * 20, 20))  # consecutive
     for store in [*writers, reader]:
         store.close()
+
+
+def test_a_postgresql_follower_is_woken_by_another_connections_write(request: pytest.FixtureRequest) -> None:
+    """LISTEN/NOTIFY: `wait_for_writes` returns as soon as another connection commits
+    (followers catch up at once instead of polling), and after its timeout otherwise."""
+    import threading
+    import time
+
+    from kairos.store.postgres import PostgresStore
+
+    url = request.getfixturevalue("postgres_url")
+    follower, writer = PostgresStore(url), PostgresStore(url)
+    started = time.monotonic()
+    assert follower.wait_for_writes(0.2) is False and time.monotonic() - started >= 0.2
+    timer = threading.Timer(0.3, lambda: writer.append_events([EventRecord("u", "a", "view", 1.0)],
+                                                               [ItemRecord("a")]))
+    timer.start()
+    started = time.monotonic()
+    assert follower.wait_for_writes(5.0) is True
+    assert 0.25 < time.monotonic() - started < 2.0
+    assert follower.events_after(0)[0][1] == EventRecord("u", "a", "view", 1.0)  # committed when told
+    timer.join()
+    assert SQLiteStore(":memory:").wait_for_writes(5.0) is False  # polls instead
+    follower.close()
+    writer.close()

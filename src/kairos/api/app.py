@@ -122,7 +122,7 @@ def create_app(engine: Engine, manage_models: bool = True, push: bool | None = N
     leading = lease.try_acquire()
     manager = ModelManager(engine, may_train=lambda: lease.held)
     metrics = ApiMetrics(engine)
-    follow = FollowLoop(engine.catch_up, engine.settings.follow_interval_s)
+    follow = FollowLoop(engine.catch_up, engine.settings.follow_interval_s, engine.store.wait_for_writes)
     settings = engine.settings
     snapshotter = Snapshotter(engine.snapshot_to, lambda: engine.follower.events_at,
                               lambda: not engine.recounting(), settings.snapshot_interval_s,

@@ -141,12 +141,17 @@ class LogFollower:
 
 
 class FollowLoop:
-    """Catches a process up every `interval_s`, so what other processes write reaches its
-    live streams and push without waiting for a request (a request catches up itself)."""
+    """Catches a process up whenever the store says another connection wrote (PostgreSQL's
+    LISTEN/NOTIFY), or else every `interval_s` (SQLite), so what other processes write
+    reaches its live streams and push without waiting for a request (a request catches
+    up itself)."""
 
-    def __init__(self, catch_up: CatchUp, interval_s: float) -> None:
+    WAKE_TIMEOUT_S = 0.5  # a store that notifies is still polled this often
+
+    def __init__(self, catch_up: CatchUp, interval_s: float, wait_for_writes: WaitForWrites | None = None) -> None:
         self.catch_up = catch_up
         self.interval_s = interval_s
+        self.wait_for_writes = wait_for_writes
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.lag_s = 0.0  # how long the latest catch-up took
@@ -161,7 +166,9 @@ class FollowLoop:
             self._thread.join(timeout=10)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        while not self._stop.is_set():
+            if not self._woken() and self._stop.wait(self.interval_s):
+                return
             started = time.perf_counter()
             try:
                 self.catch_up()
@@ -169,6 +176,19 @@ class FollowLoop:
                 log.exception("could not follow the event log")
             self.lag_s = time.perf_counter() - started
 
+    def _woken(self) -> bool:
+        if self.wait_for_writes is None:
+            return False
+        try:
+            return self.wait_for_writes(self.WAKE_TIMEOUT_S)
+        except Exception:  # the store's listening connection failed: poll meanwhile
+            log.warning("could not wait for writes; polling the log", exc_info=True)
+            return False
+
 
 class CatchUp(Protocol):
     def __call__(self) -> object: ...
+
+
+class WaitForWrites(Protocol):
+    def __call__(self, timeout_s: float) -> bool: ...

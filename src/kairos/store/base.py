@@ -72,6 +72,12 @@ class Store(Protocol):
         follower skips reading the log while it stays the same)."""
         ...
 
+    def wait_for_writes(self, timeout_s: float) -> bool:
+        """Block until some connection commits a write (True; it may be this one's), or
+        `timeout_s` passes (False). A store that cannot be told returns False at once, and
+        its followers poll."""
+        ...
+
     def changes_after(self, position: int, limit: int = 10_000) -> list[tuple[int, str, str]]:
         """(position, kind, key) of the change feed after `position`: kind `item` or `user`
         (re-read it), or `forget` (key: `forget_digest` of the user forgotten)."""

@@ -20,6 +20,7 @@ from psycopg.types.json import Jsonb
 from kairos.store.base import EventRecord, ItemRecord, UserRecord, forget_digest
 
 WRITE_LOCK = 0x6B6169726F73  # "kairos": the one advisory lock every write takes
+CHANNEL = "kairos_log"  # every committed write notifies it: followers wake at once
 
 MIGRATIONS: list[str] = [
     # 1: the event log (positions never reused), the catalogue, profiles, the change feed
@@ -80,6 +81,8 @@ class PostgresStore:
         self.url = url
         self._lock = threading.RLock()
         self._db = psycopg.connect(url, autocommit=True)
+        self._listener: psycopg.Connection[Any] | None = None  # LISTENs, opened by the first wait
+        self._listen_lock = threading.Lock()
         self._migrate()
 
     def _migrate(self) -> None:
@@ -138,6 +141,16 @@ class PostgresStore:
                                    "(SELECT coalesce(max(seq), 0) FROM changes)").fetchone()
         assert row is not None
         return hash((int(row[0]), int(row[1])))
+
+    def wait_for_writes(self, timeout_s: float) -> bool:
+        with self._listen_lock:
+            if self._listener is None:
+                self._listener = psycopg.connect(self.url, autocommit=True)
+                self._listener.execute(f"LISTEN {CHANNEL}")  # type: ignore[arg-type]  # a constant
+            woken = False
+            for _ in self._listener.notifies(timeout=timeout_s, stop_after=1):
+                woken = True
+            return woken
 
     def changes_after(self, position: int, limit: int = 10_000) -> list[tuple[int, str, str]]:
         with self._lock:
@@ -221,6 +234,8 @@ class PostgresStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        if self._listener is not None:
+            self._listener.close()  # (a follower waiting on it returns within its timeout)
 
     def _write(self) -> _Write:
         return _Write(self._db)
@@ -259,4 +274,6 @@ class _Write:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         assert self._transaction is not None
+        if exc_type is None:
+            self._db.execute(f"NOTIFY {CHANNEL}")  # type: ignore[arg-type]  # delivered at commit
         self._transaction.__exit__(exc_type, exc, tb)

@@ -204,6 +204,9 @@ class SQLiteStore:
         with self._read_lock:
             return int(self._reader.execute("PRAGMA data_version").fetchone()[0])
 
+    def wait_for_writes(self, timeout_s: float) -> bool:
+        return False  # no notifications between processes: followers poll `log_version`
+
     def changes_after(self, position: int, limit: int = 10_000) -> list[tuple[int, str, str]]:
         with self._read_lock:
             rows = self._reader.execute(
