@@ -5,7 +5,10 @@ of 500 by one writer and by four at once (each its own connection, as processes 
 nodes are), then through `Engine.ingest` (validation excluded; the online state's update
 included). PostgreSQL is a temporary local cluster (tests/postgres_server.py, the
 Debian package's server, fsync on), or --url for one of yours (its database is used as
-is: give it an empty one).
+is: give it an empty one). Then, with ml-latest-small imported into PostgreSQL, two
+`kairos serve` processes over it: an event posted to A, the time until B's live stream
+of that user's list sends the new list (load.py's visibility phase; B is woken by
+LISTEN/NOTIFY).
 
     .venv/bin/python benchmarks/store.py
 """
@@ -28,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "tests"))
 from _machine import machine_info  # noqa: E402
-from load import free_port  # noqa: E402
+from load import DEFAULT_DATA, free_port, kairos, visibility_phase  # noqa: E402
 from postgres_server import PostgresServer, binaries  # noqa: E402
 
 from kairos.store import EventRecord, SQLiteStore, Store  # noqa: E402
@@ -82,10 +85,24 @@ def engine_ingest(settings: dict[str, Any], count: int) -> dict[str, float]:
     return {"events_per_s": round(count / elapsed)}
 
 
+def visibility(url: str, workdir: Path, trials: int) -> dict[str, Any]:
+    import os
+    import subprocess
+    from types import SimpleNamespace
+
+    env = {"KAIROS_STORE_URL": url}
+    db = workdir / "visibility.db"  # the files beside the log (push, leases)
+    subprocess.run(kairos("import", "movielens", "--db", str(db), str(DEFAULT_DATA)), check=True,
+                   env={**os.environ, **env}, capture_output=True)
+    print("postgresql visibility across two processes (ml-latest-small imported):", flush=True)
+    return visibility_phase(db, SimpleNamespace(workdir=workdir, visibility_trials=trials), env)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=40_000)
     parser.add_argument("--url", default="", help="An empty PostgreSQL database (default: a temporary cluster).")
+    parser.add_argument("--visibility-trials", type=int, default=200)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "store.json")
     args = parser.parse_args(argv)
     server = None
@@ -119,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
                 row = engine_ingest(settings, args.events)
                 results[f"{name}, Engine.ingest"] = row
                 print(f"{name:10} Engine.ingest: {row['events_per_s']:>7,} events/s", flush=True)
+            if server is not None and args.visibility_trials and DEFAULT_DATA.is_dir():
+                results["postgresql, visibility across two processes"] = visibility(
+                    server.new_database(), Path(tmp), args.visibility_trials)
     finally:
         if server is not None:
             server.stop()
