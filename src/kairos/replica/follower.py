@@ -152,6 +152,7 @@ class FollowLoop:
         self.catch_up = catch_up
         self.interval_s = interval_s
         self.wait_for_writes = wait_for_writes
+        self._waiting_failed = False  # said once per failure, not on every poll
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.lag_s = 0.0  # how long the latest catch-up took
@@ -180,10 +181,14 @@ class FollowLoop:
         if self.wait_for_writes is None:
             return False
         try:
-            return self.wait_for_writes(self.WAKE_TIMEOUT_S)
+            woken = self.wait_for_writes(self.WAKE_TIMEOUT_S)
         except Exception:  # the store's listening connection failed: poll meanwhile
-            log.warning("could not wait for writes; polling the log", exc_info=True)
+            if not self._waiting_failed and not self._stop.is_set():
+                log.warning("could not wait for writes; polling the log", exc_info=True)
+            self._waiting_failed = True
             return False
+        self._waiting_failed = False
+        return woken
 
 
 class CatchUp(Protocol):

@@ -148,8 +148,13 @@ class PostgresStore:
                 self._listener = psycopg.connect(self.url, autocommit=True)
                 self._listener.execute(f"LISTEN {CHANNEL}")  # type: ignore[arg-type]  # a constant
             woken = False
-            for _ in self._listener.notifies(timeout=timeout_s, stop_after=1):
-                woken = True
+            try:
+                for _ in self._listener.notifies(timeout=timeout_s, stop_after=1):
+                    woken = True
+            except psycopg.Error:
+                self._listener.close()
+                self._listener = None  # the next wait connects again
+                raise
             return woken
 
     def changes_after(self, position: int, limit: int = 10_000) -> list[tuple[int, str, str]]:
@@ -234,8 +239,9 @@ class PostgresStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
-        if self._listener is not None:
-            self._listener.close()  # (a follower waiting on it returns within its timeout)
+        listener = self._listener
+        if listener is not None:
+            listener.close()  # (a follower waiting on it returns within its timeout)
 
     def _write(self) -> _Write:
         return _Write(self._db)
