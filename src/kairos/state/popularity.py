@@ -34,7 +34,7 @@ class DecayedPopularity:
         if factor is not None:
             self._items *= factor
             self._categories = {name: v * factor for name, v in self._categories.items()}
-            self._total = None  # (the leaders keep their order; the floor is re-read with them)
+            self._total = None  # rescaled: what is derived is found again
             self._leaders = self._ordered = None
         if item >= len(self._items):
             self._items = grown(self._items, max(2 * len(self._items), item + 1))
@@ -53,8 +53,8 @@ class DecayedPopularity:
 
     def add_many(self, items: np.ndarray, categories: list[tuple[str, ...]] | None, weights: np.ndarray,
                  times: np.ndarray) -> None:
-        """Positive weights of a batch in one pass: the same sums as
-        `add` event by event (which a batch crossing a rescale, or a subtraction, uses)."""
+        """Positive weights of a batch in one pass: the same sums as `add` event by event
+        (which a batch crossing a rescale, or holding a subtraction, goes through)."""
         if len(items) == 0:
             return
         decay = self.decay
