@@ -44,7 +44,7 @@ BATCH = 200
 
 
 class Server:
-    def __init__(self, db: Path, workers: int, log: Path) -> None:
+    def __init__(self, db: Path, workers: int, log: Path, store_url: str = "") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         started = time.monotonic()
@@ -52,7 +52,8 @@ class Server:
             [str(Path(sys.executable).with_name("kairos")), "serve", "--db", str(db), "--port", str(self.port),
              "--workers", str(workers)],
             stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "KAIROS_SEQUENTIAL_AUTO_TRAIN": "false", "KAIROS_SEQUENTIAL_RETRAIN_INTERVAL_S": "0"})
+            env={**os.environ, "KAIROS_SEQUENTIAL_AUTO_TRAIN": "false", "KAIROS_SEQUENTIAL_RETRAIN_INTERVAL_S": "0",
+                 **({"KAIROS_STORE_URL": store_url} if store_url else {})})
         while time.monotonic() - started < 120:
             try:
                 if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
@@ -108,14 +109,23 @@ def load_until_killed(url: str, clients: int, first: int, stop: threading.Event)
     return acknowledged, unanswered
 
 
-def stored(db: Path) -> list[int]:
-    with sqlite3.connect(db) as conn:
-        return [int(row[0]) for row in conn.execute("SELECT json_extract(context, '$.seq') FROM events")]
+def stored(db: Path, store_url: str = "") -> list[int]:
+    """The sequence numbers of every event in the log (SQLite file or PostgreSQL)."""
+    if not store_url:
+        with sqlite3.connect(db) as conn:
+            return [int(row[0]) for row in conn.execute("SELECT json_extract(context, '$.seq') FROM events")]
+    from kairos.store.postgres import PostgresStore
+
+    store = PostgresStore(store_url)
+    try:
+        return [int(event.context["seq"]) for batch in store.iter_events() for event in batch if event.context]
+    finally:
+        store.close()
 
 
 def trial(db: Path, workdir: Path, index: int, workers: int, clients: int, rng: random.Random,
-          first: int) -> dict[str, Any]:
-    server = Server(db, workers, workdir / "server.log")
+          first: int, store_url: str = "") -> dict[str, Any]:
+    server = Server(db, workers, workdir / "server.log", store_url)
     stop = threading.Event()
     box: dict[str, tuple[set[int], set[int]]] = {}
     loader = threading.Thread(target=lambda: box.setdefault("r", load_until_killed(server.url, clients, first, stop)))
@@ -125,10 +135,10 @@ def trial(db: Path, workdir: Path, index: int, workers: int, clients: int, rng: 
     stop.set()
     loader.join()
     acknowledged, unanswered = box["r"]
-    restarted = Server(db, workers, workdir / "server.log")
+    restarted = Server(db, workers, workdir / "server.log", store_url)
     health = httpx.get(f"{restarted.url}/healthz", timeout=10.0).json()
     restarted.stop()
-    found = stored(db)
+    found = stored(db, store_url)
     present = set(found)
     lost = len(acknowledged - present)
     result = {"trial": index, "acknowledged": len(acknowledged), "unanswered": len(unanswered),
@@ -145,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument("--store-url", default="", help="postgresql://... (an empty database): the log there.")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "crash.json")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="kairos-crash-"))
@@ -152,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     trials = []
     for index in range(args.trials):
-        trials.append(trial(db, workdir, index, args.workers, args.clients, rng, first=index * 10_000_000))
+        trials.append(trial(db, workdir, index, args.workers, args.clients, rng, first=index * 10_000_000,
+                            store_url=args.store_url))
     summary = {
         "benchmark": "crash", "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": shlex.join([sys.executable, *sys.argv]), "machine": machine_info(),

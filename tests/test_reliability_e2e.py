@@ -29,6 +29,18 @@ def test_kill_9_under_load_loses_no_acknowledged_event(tmp_path: Path, text_mode
         assert result["state_events"] == result["stored_events"], result  # the restarted state is the log
 
 
+def test_kill_9_under_load_loses_nothing_on_postgresql(tmp_path: Path, text_model_exported: None,
+                                                       postgres_url: str) -> None:
+    rng = random.Random(6)
+    db = tmp_path / "crash.db"  # the files beside the log
+    results = [crash.trial(db, tmp_path, k, workers=2, clients=3, rng=rng, first=k * 10_000_000,
+                           store_url=postgres_url) for k in range(2)]
+    assert sum(r["acknowledged"] for r in results) > 0
+    for result in results:
+        assert result["lost"] == 0 and result["duplicates"] == 0, result
+        assert result["state_events"] == result["stored_events"], result
+
+
 def test_fuzzing_the_schema_finds_no_server_error(tmp_path: Path, text_model_exported: None) -> None:
     port = fuzz.free_port()
     url = f"http://127.0.0.1:{port}"
