@@ -5,8 +5,8 @@ of any length. Past `exact_max` items the vectors go into a faiss inverted file
 (IVF-Flat, inner product): k-means cells, of which a query scans the `nprobe` whose
 centroids score highest. Fitted factors cluster, and there it finds the exact top 60 of
 100k items at ~0.1 ms (recall 0.98-1.0 at nprobe 8-32, benchmarks/catalogue.py); on
-structureless random vectors no such index works. The candidates it returns are
-rescored exactly. Building costs seconds, not HNSW's minutes, so a new model can build
+structureless random vectors no such index works. The products it returns are exact
+(IVF-Flat keeps whole vectors): only which items it looks at is approximate. Building costs seconds, not HNSW's minutes, so a new model can build
 its own when it loads.
 """
 
@@ -32,6 +32,7 @@ class InnerProductIndex:
             self._ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, cells, faiss.METRIC_INNER_PRODUCT)
             self._ivf.train(self._vectors[np.sort(sample)])
             self._ivf.add_with_ids(self._vectors, self._keys)
+            self._vectors = np.empty((0, dim), dtype=np.float32)  # faiss holds them (memory: once)
 
     def __len__(self) -> int:
         return len(self._keys)
