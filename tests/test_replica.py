@@ -162,3 +162,39 @@ def test_a_process_starts_from_a_snapshot_and_follows_the_log_from_there(tmp_pat
     assert engine_at(path, popularity_half_life_s=0).started_from == "log"
     for engine in (writer, started, replayed):
         engine.close()
+
+
+def test_the_lease_on_postgresql_has_one_holder_and_passes_on_when_it_dies(postgres_url: str) -> None:
+    """Processes (on any machine) sharing a PostgreSQL log elect one leader: a session
+    advisory lock, which the server releases when its holder is killed (-9 included)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from kairos.replica.leader import PostgresLease, lease_for
+
+    assert isinstance(lease_for(postgres_url, Path("k.db")), PostgresLease)
+    assert isinstance(lease_for("", Path("k.db")), LeaderLease)
+    first, second = PostgresLease(postgres_url), PostgresLease(postgres_url)
+    assert first.try_acquire() and first.try_acquire() and not second.try_acquire()
+    first.release()
+    assert second.try_acquire() and second.held
+    second.release()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from kairos.replica.leader import PostgresLease; "
+        f"lease = PostgresLease({postgres_url!r}); assert lease.try_acquire(); print('held', flush=True); "
+        "time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        assert not first.try_acquire()
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while not first.try_acquire():
+            assert time.monotonic() < deadline, "the dead holder's lock was not released"
+            time.sleep(0.05)
+    finally:
+        holder.kill()
+        first.release()

@@ -144,7 +144,9 @@ def test_two_processes_over_postgresql(server_factory: Any, postgres_url: str) -
     from kairos.store.postgres import PostgresStore
 
     server = server_factory(env={**WORKERS, "KAIROS_STORE_URL": postgres_url})
-    assert len(processes(server)) == 2
+    seen = processes(server)
+    assert len(seen) == 2
+    assert sorted(h["leader"] for h in seen.values()) == [False, True], "one leads (PostgreSQL's lease)"
     with httpx.Client(base_url=server.url, timeout=10.0) as writer:
         assert writer.post("/v1/items", json={"items": ITEMS}).status_code == 200
         for k in range(15):

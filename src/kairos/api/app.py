@@ -36,7 +36,7 @@ from kairos.pseudonyms import Pseudonyms
 from kairos.push.metrics import OutboxCollector, PushMetrics
 from kairos.push.service import PushService
 from kairos.replica.follower import FollowLoop
-from kairos.replica.leader import Candidacy, LeaderLease
+from kairos.replica.leader import Candidacy, lease_for
 from kairos.replica.snapshot import Snapshotter
 from kairos.schema import (
     EventBatch,
@@ -118,7 +118,7 @@ def create_app(engine: Engine, manage_models: bool = True, push: bool | None = N
     the log; the one holding the leader lease (replica/leader.py) also trains, decides
     and delivers push, and runs the language model. Live streams and reads work in all.
     `owns_engine`: close the engine when the app stops (the leader saves the vector index)."""
-    lease = LeaderLease.for_database(engine.store_path())
+    lease = lease_for(engine.settings.store_url, engine.store_path())
     leading = lease.try_acquire()
     manager = ModelManager(engine, may_train=lambda: lease.held)
     metrics = ApiMetrics(engine)

@@ -2,7 +2,9 @@
 
 An exclusive `flock` on `<db>.leader`. The kernel releases it when the holder exits,
 however it exits (kill -9 included), so another process takes over within its next
-try; nothing needs a heartbeat or a clock.
+try; nothing needs a heartbeat or a clock. With the log on PostgreSQL the lease is a
+session advisory lock there instead (`PostgresLease`), so processes on different
+machines elect one leader; the server releases it when the holder's connection drops.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 class LeaderLease:
@@ -49,10 +52,51 @@ class LeaderLease:
             self._fd = None
 
 
+LEADER_LOCK = 0x6B6169726F7301  # the advisory lock key of the lease (the write lock's + 1 byte)
+
+
+class PostgresLease:
+    """The lease as a session advisory lock, held by a connection of its own."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._conn: Any = None
+
+    @property
+    def held(self) -> bool:
+        return self._conn is not None
+
+    def try_acquire(self) -> bool:
+        if self._conn is not None:
+            return True
+        import psycopg
+
+        conn = psycopg.connect(self.url, autocommit=True)
+        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK,)).fetchone()
+        if not (row and row[0]):
+            conn.close()
+            return False
+        self._conn = conn
+        return True
+
+    def release(self) -> None:
+        if self._conn is not None:
+            self._conn.close()  # the session ends: the lock goes with it
+            self._conn = None
+
+
+def lease_for(store_url: str, db_path: Path) -> LeaderLease | PostgresLease:
+    """PostgreSQL's lease when the log is there, else the file beside the database."""
+    if store_url.startswith(("postgresql://", "postgres://")):
+        return PostgresLease(store_url)
+    return LeaderLease.for_database(db_path)
+
+
 class Candidacy:
     """Tries for the lease every `retry_s` until it holds it, then calls `elected` once."""
 
-    def __init__(self, lease: LeaderLease, elected: Callable[[], None], retry_s: float = 1.0) -> None:
+    def __init__(self, lease: LeaderLease | PostgresLease, elected: Callable[[], None],
+                 retry_s: float = 1.0) -> None:
         self.lease = lease
         self.elected = elected
         self.retry_s = retry_s
