@@ -221,15 +221,15 @@ class ServedSequential:
         Cold items that only the user's transitions would lift are found at their baseline."""
         keys = self.item_keys()
         found, _ = index.search(np.append(query, np.float32(1.0)), max(4 * k, 200), allowed)
-        baseline_led = self.model.prior_of(recent, np.empty(0, dtype=np.int64), self._extra_neighbours)[1]
-        rows = np.unique(np.concatenate([self._model_of[found], baseline_led,
+        evidence = self.model.transition_evidence(recent)  # read once: what the user's items lead to
+        rows = np.unique(np.concatenate([self._model_of[found], evidence[0],
                                          np.arange(self._indexed_rows, len(keys))]))
         rows = rows[(rows > 0) & (rows < len(keys))]
         rows = rows[self._catalog_of[rows] >= 0]
         rows = rows[allowed[self._catalog_of[rows]]]
         if not len(rows):
             return Candidates.empty()
-        prior, _ = self.model.prior_of(recent, rows, self._extra_neighbours)
+        prior, _ = self.model.prior_of(recent, rows, self._extra_neighbours, evidence)
         logits = keys[rows] @ query + prior
         top = float(logits.max())
         chosen = np.lexsort((self._catalog_of[rows], -logits))[:k]

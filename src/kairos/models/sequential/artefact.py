@@ -210,45 +210,58 @@ class TrainedModel:
                 keys = torch.cat([keys, self.module.head(table[:1], extra)[1]])
         return keys.numpy().astype(np.float32)
 
+    def _prior_tables(self) -> tuple[Any, np.ndarray, np.ndarray]:
+        """The transition matrix (CSR), and the cold items with their warm neighbours:
+        built once, for `prior_of` and `prior_columns`."""
+        if self._transitions_csr is None:
+            self._log_prior([np.array([1])], self.module.n_items + 1)  # builds the CSR and the smoothing
+        if self._cold is None:
+            cold, neighbours = self.module.cold_items()
+            self._cold = (cold.numpy(), neighbours.numpy())
+        return self._transitions_csr, *self._cold
+
+    def transition_evidence(self, recent: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """The columns a user's latest items (`recent` as `query` returns them; None: none)
+        lead to (model indices, ascending) and their decayed transition counts: a few rows
+        of the transition matrix, never a catalogue-long one."""
+        led = np.empty(0, dtype=np.int64)
+        evidence = np.empty(0, dtype=np.float64)
+        if recent is None or not len(recent) or not self.config.transition_window:
+            return led, evidence
+        csr = self._prior_tables()[0]
+        recent = recent[recent > 0]
+        decay = self.config.transition_decay ** np.arange(len(recent))
+        starts, ends = csr.indptr[recent], csr.indptr[recent + 1]
+        found = [csr.indices[a:b] for a, b in zip(starts, ends, strict=True)]
+        if found:
+            led, where = np.unique(np.concatenate(found), return_inverse=True)
+            weights = np.concatenate([csr.data[a:b] * w for a, b, w in zip(starts, ends, decay, strict=True)])
+            evidence = np.bincount(where, weights, minlength=len(led))
+        return led, evidence
+
     def prior_of(self, recent: np.ndarray | None, columns: np.ndarray,
-                 extra_neighbours: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 extra_neighbours: np.ndarray | None = None,
+                 evidence: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """One user's transition prior (what `scores_for` adds) of `columns` only, and the
-        columns their latest items (`recent` as `query` returns them; None: none) lead to
-        (model indices with evidence). Reads a few rows of the transition matrix, never a
-        catalogue-long one: `prior_of(None, ...)` is every column's prior without evidence."""
+        columns their latest items lead to (`transition_evidence(recent)`, or `evidence`
+        when already read): `prior_of(None, ...)` is every column's prior without evidence."""
         module, config = self.module, self.config
         columns = np.asarray(columns, dtype=np.int64)
         if not config.transition_window:
             return np.zeros(len(columns), dtype=np.float32), np.empty(0, dtype=np.int64)
         n = module.n_items + 1
-        if self._transitions_csr is None:
-            self._log_prior([np.array([1])], n)  # builds the CSR and the smoothing once
-        if self._cold is None:
-            cold, neighbours = module.cold_items()
-            self._cold = (cold.numpy(), neighbours.numpy())
-        csr = self._transitions_csr
-        led = np.empty(0, dtype=np.int64)
-        evidence = np.empty(0, dtype=np.float64)
-        if recent is not None and len(recent):
-            recent = recent[recent > 0]
-            decay = config.transition_decay ** np.arange(len(recent))
-            starts, ends = csr.indptr[recent], csr.indptr[recent + 1]
-            found = [csr.indices[a:b] for a, b in zip(starts, ends, strict=True)]
-            if found:
-                led, where = np.unique(np.concatenate(found), return_inverse=True)
-                weights = np.concatenate([csr.data[a:b] * w for a, b, w in zip(starts, ends, decay, strict=True)])
-                evidence = np.bincount(where, weights, minlength=len(led))
+        _, cold, cold_neighbours = self._prior_tables()
+        led, counts = evidence if evidence is not None else self.transition_evidence(recent)
 
         def log_prior(of: np.ndarray) -> np.ndarray:
             at = np.minimum(np.searchsorted(led, of), max(len(led) - 1, 0))
-            seen = np.zeros(len(of)) if not len(led) else np.where(led[at] == of, evidence[at], 0.0)
+            seen = np.zeros(len(of)) if not len(led) else np.where(led[at] == of, counts[at], 0.0)
             return np.log(seen + self._smooth[of])
 
         floor = math.log(0.01 / module.n_items)
         out = np.full(len(columns), floor)
         warm = columns < n
         out[warm] = log_prior(columns[warm])
-        cold, cold_neighbours = self._cold
         if len(cold):
             row = np.searchsorted(cold, columns)
             is_cold = warm & (row < len(cold)) & (cold[np.minimum(row, len(cold) - 1)] == columns)
@@ -274,12 +287,7 @@ class TrainedModel:
         from scipy import sparse
 
         n = module.n_items + 1
-        if self._transitions_csr is None:
-            self._log_prior([np.array([1])], n)  # builds the CSR and the smoothing once
-        if self._cold is None:
-            cold, neighbours = module.cold_items()
-            self._cold = (cold.numpy(), neighbours.numpy())
-        cold, cold_neighbours = self._cold
+        _, cold, cold_neighbours = self._prior_tables()
         cold_of = {int(c): cold_neighbours[i] for i, c in enumerate(cold.tolist())}
         sources: list[np.ndarray] = []  # per requested column: the columns whose prior it takes
         for column in np.asarray(columns).tolist():
