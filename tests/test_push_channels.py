@@ -16,7 +16,7 @@ from kairos.clock import SimulatedClock
 from kairos.config import Settings
 from kairos.push.channels import EmailChannel, InboxChannel, WebhookChannel
 from kairos.push.channels.webhook import write_config
-from kairos.push.database import PushDatabase
+from kairos.push.database import PushDatabase, SQLitePushDatabase
 from kairos.push.outbox import NewNotification, Outbox
 from kairos.push.schema import WebhookConfig
 from kairos.push.worker import DeliveryWorker
@@ -34,9 +34,15 @@ def clock() -> SimulatedClock:
     return SimulatedClock(T0)
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[PushDatabase]:
-    found = PushDatabase(tmp_path / "push.db", "NORMAL")
+@pytest.fixture(params=["sqlite", "postgres"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PushDatabase]:
+    """The outbox on SQLite, or on a real PostgreSQL (push/postgres.py)."""
+    if request.param == "sqlite":
+        found: PushDatabase = SQLitePushDatabase(tmp_path / "push.db", "NORMAL")
+    else:
+        from kairos.push.postgres import PostgresPushDatabase
+
+        found = PostgresPushDatabase(request.getfixturevalue("postgres_url"))
     yield found
     found.close()
 
@@ -137,6 +143,41 @@ def test_a_worker_that_dies_mid_send_loses_nothing(db: PushDatabase, clock: Simu
     assert other.run_once() == 3
     assert {outbox.get(i).status for i in ids} == {"delivered"}
     assert sorted(r["headers"]["Idempotency-Key"] for r in receiver.requests) == ids
+
+
+def test_workers_on_postgresql_pass_rows_another_holds_and_never_share_one(postgres_url: str) -> None:
+    """Two connections, as two nodes' workers: while one holds rows in an open claim the
+    other claims the rest at once (SKIP LOCKED: no wait), and no row goes to both."""
+    import threading
+
+    from kairos.push.postgres import PostgresPushDatabase
+
+    first, second = PostgresPushDatabase(postgres_url), PostgresPushDatabase(postgres_url)
+    try:
+        ids = enqueue(first, 40)
+        holding, release = threading.Event(), threading.Event()
+        held: list[str] = []
+
+        def hold() -> None:  # locks the 10 earliest rows and keeps its transaction open
+            with first.transaction(exclusive=False) as db:
+                held.extend(row[0] for row in db.execute(
+                    f"SELECT id FROM push_notifications ORDER BY seq LIMIT 10{first.skip_locked}"))
+                holding.set()
+                release.wait(10)
+
+        thread = threading.Thread(target=hold)
+        thread.start()
+        assert holding.wait(5)
+        second.db.execute("SET lock_timeout = '2s'")  # a claim that waited would fail, not hang
+        claimed = Outbox(second).claim(T0, "b", 100, 30.0)
+        release.set()
+        thread.join()
+        assert sorted(n.notification_id for n in claimed) == sorted(set(ids) - set(held))
+        rest = Outbox(first).claim(T0, "a", 100, 30.0)
+        assert sorted(n.notification_id for n in rest) == sorted(held)
+    finally:
+        first.close()
+        second.close()
 
 
 def test_expired_notifications_are_not_sent(db: PushDatabase, clock: SimulatedClock, receiver: Receiver) -> None:

@@ -667,7 +667,7 @@ def push_calibrate(
 ) -> None:
     """Fit the map from targeting scores to p on the event log (a server picks it up)."""
     from kairos.push.calibration import describe, fit_calibration
-    from kairos.push.database import PushDatabase
+    from kairos.push.database import open_push_database, set_meta
 
     settings = _settings(db)
     engine = Engine(settings, rebuild=False)
@@ -684,9 +684,9 @@ def push_calibrate(
     except ValueError as error:
         if not quiet:
             console.print(f"[yellow]no cold map[/] ({error}): new items use the same one")
-    push_db = PushDatabase(engine.store_path(), settings.sqlite_synchronous)
+    push_db = open_push_database(settings, engine.store_path())
     with push_db.transaction() as connection:
-        PushDatabase.set_meta(connection, "calibration", calibrator.to_json())
+        set_meta(connection, "calibration", calibrator.to_json())
     push_db.close()
     engine.close()
     if not quiet:
@@ -775,14 +775,14 @@ def push_worker(db: DbOption = None) -> None:
 
     from kairos.clock import WallClock
     from kairos.push.channels import EmailChannel, InboxChannel, WebhookChannel
-    from kairos.push.database import PushDatabase
+    from kairos.push.database import open_push_database
     from kairos.push.outbox import Outbox
     from kairos.push.worker import DeliveryWorker
     from kairos.store import open_store
 
     settings = _settings(db)
     clock = WallClock()
-    push_db = PushDatabase(settings.db_path, settings.sqlite_synchronous)
+    push_db = open_push_database(settings, settings.db_path)
     store = open_store(settings)
 
     def address(user_id: str) -> str | None:
@@ -796,7 +796,7 @@ def push_worker(db: DbOption = None) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     worker.start()
-    console.print(f"[bold green]Kairos push worker[/] {worker.name} delivering from {settings.db_path}")
+    console.print(f"[bold green]Kairos push worker[/] {worker.name} delivering from {push_db.path or 'PostgreSQL'}")
     try:
         while not stop.wait(0.5):
             pass

@@ -1,8 +1,11 @@
-"""Push's durable state: tables beside the engine's in the same SQLite database.
+"""Push's durable state: its tables, in SQLite beside the engine's tables or, with
+KAIROS_STORE_URL=postgresql://..., in the same PostgreSQL as the log (push/postgres.py),
+so deciders and delivery workers on any node share one outbox.
 
-One connection of its own (WAL lets it work beside the engine's writer and other
-processes: a `kairos push-worker`, the CLI), serialised by a lock. Every change is a
-transaction: a notification row is committed before anything is sent.
+One connection per process, serialised by a lock. Every change is a transaction: a
+notification row is committed before anything is sent. The SQL push writes runs on
+both (`?` placeholders, `ON CONFLICT`); the few phrases that differ are attributes of
+the database.
 """
 
 from __future__ import annotations
@@ -10,10 +13,65 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+from kairos.config import Settings
+
+
+class Cursor(Protocol):
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def fetchone(self) -> Any: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Connection(Protocol):
+    """What a transaction yields (sqlite3's own calls; PostgreSQL's adapter speaks them)."""
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Cursor: ...
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]], /) -> Cursor: ...
+
+
+class PushDatabase(Protocol):
+    # Phrases that differ between the two: a claim that passes rows another worker holds,
+    # the user id inside a JSON payload column, "column contains text".
+    skip_locked: str
+    path: Path | None  # the SQLite file; None on a server
+
+    def transaction(self, exclusive: bool = True) -> AbstractContextManager[Connection]:
+        """Committed whole or rolled back. `exclusive` (the default): one at a time across
+        every process on the database, so a read, a check and a write are atomic; a claim
+        that locks its own rows passes False."""
+        ...
+
+    def query(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+
+    def meta(self, key: str, default: str | None = None) -> str | None: ...
+
+    def json_field(self, column: str, field: str) -> str: ...
+
+    def contains(self, column: str) -> str: ...
+
+    def close(self) -> None: ...
+
+
+def open_push_database(settings: Settings, path: Path) -> PushDatabase:
+    """PostgreSQL when the store is there, else the SQLite file at `path` (the store's)."""
+    if settings.store_url.startswith(("postgresql://", "postgres://")):
+        # psycopg only when asked for
+        from kairos.push.postgres import PostgresPushDatabase
+
+        return PostgresPushDatabase(settings.store_url)
+    return SQLitePushDatabase(path, settings.sqlite_synchronous)
+
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS push_notifications (
@@ -66,7 +124,8 @@ CREATE INDEX IF NOT EXISTS push_triggers_due ON push_triggers (status, due_at);
 CREATE TABLE IF NOT EXISTS push_preferences (
     user_id     TEXT PRIMARY KEY,
     preferences TEXT NOT NULL,
-    updated_at  REAL NOT NULL
+    updated_at  REAL NOT NULL,
+    version     INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS push_campaigns (
     id          TEXT PRIMARY KEY,
@@ -95,7 +154,49 @@ def dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-class PushDatabase:
+def meta_in(db: Connection, key: str, default: str) -> str:
+    """Inside a transaction."""
+    row = db.execute("SELECT value FROM push_meta WHERE key = ?", (key,)).fetchone()
+    return str(row[0]) if row else default
+
+
+def set_meta(db: Connection, key: str, value: str) -> None:
+    """Inside a transaction (`db` is what `transaction()` yields)."""
+    db.execute("INSERT INTO push_meta (key, value) VALUES (?, ?) "
+               "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
+
+
+class BasePushDatabase:
+    """What both databases do alike; a subclass sets `db`, `lock` and the phrases."""
+
+    db: Any
+    lock: threading.RLock
+    _json_field: str  # format of the text of `field` in a JSON column
+    _contains: str  # format of "`column` contains the parameter"
+
+    def query(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def meta(self, key: str, default: str | None = None) -> str | None:
+        rows = self.query("SELECT value FROM push_meta WHERE key = ?", (key,))
+        return str(rows[0][0]) if rows else default
+
+    def json_field(self, column: str, field: str) -> str:
+        return self._json_field.format(column=column, field=field)
+
+    def contains(self, column: str) -> str:
+        return self._contains.format(column=column)
+
+    def close(self) -> None:
+        with self.lock:
+            self.db.close()
+
+
+class SQLitePushDatabase(BasePushDatabase):
+    skip_locked = ""  # BEGIN IMMEDIATE already makes every transaction one at a time
+    _json_field = "json_extract({column}, '$.{field}')"
+    _contains = "instr({column}, ?) > 0"
+
     def __init__(self, path: str | Path, synchronous: str = "FULL") -> None:
         self.path = Path(path)
         self.lock = threading.RLock()
@@ -105,11 +206,14 @@ class PushDatabase:
         self.db.execute("PRAGMA busy_timeout=30000")  # the engine and other processes write here too
         with self.lock:
             self.db.executescript(SCHEMA)
+            columns = {row[1] for row in self.db.execute("PRAGMA table_info(push_preferences)")}
+            if "version" not in columns:  # a database from before preferences were versioned
+                self.db.execute("ALTER TABLE push_preferences ADD COLUMN version INTEGER NOT NULL DEFAULT 0")
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on any error), holding the lock: a read,
-        a check and a write inside it are atomic across threads and processes."""
+    def transaction(self, exclusive: bool = True) -> Iterator[Connection]:
+        """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on any error), holding the lock: exclusive
+        whatever `exclusive` says (SQLite has one writer at a time)."""
         with self.lock:
             self.db.execute("BEGIN IMMEDIATE")
             try:
@@ -119,26 +223,6 @@ class PushDatabase:
                 raise
             self.db.execute("COMMIT")
 
-    def query(self, sql: str, parameters: tuple[Any, ...] | list[Any] = ()) -> list[tuple[Any, ...]]:
+    def query(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self.lock:
             return self.db.execute(sql, parameters).fetchall()
-
-    def meta(self, key: str, default: str | None = None) -> str | None:
-        rows = self.query("SELECT value FROM push_meta WHERE key = ?", (key,))
-        return rows[0][0] if rows else default
-
-    @staticmethod
-    def meta_in(db: sqlite3.Connection, key: str, default: str) -> str:
-        """Inside a transaction."""
-        row = db.execute("SELECT value FROM push_meta WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else default
-
-    @staticmethod
-    def set_meta(db: sqlite3.Connection, key: str, value: str) -> None:
-        """Inside a transaction (`db` is what `transaction()` yields)."""
-        db.execute("INSERT INTO push_meta (key, value) VALUES (?, ?) "
-                   "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
-
-    def close(self) -> None:
-        with self.lock:
-            self.db.close()

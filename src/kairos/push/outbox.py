@@ -15,7 +15,6 @@ nothing is lost.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from kairos.push.database import PushDatabase, dumps
+from kairos.push.database import Connection, PushDatabase, dumps, meta_in, set_meta
 from kairos.push.policy import ACTIVE, Past
 from kairos.push.schema import Notification, Status
 
@@ -80,19 +79,17 @@ class Outbox:
     # -- deciding -------------------------------------------------------------------------
 
     @staticmethod
-    def add(db: sqlite3.Connection, rows: Iterable[NewNotification]) -> int:
+    def add(db: Connection, rows: Iterable[NewNotification]) -> int:
         """Insert inside the caller's transaction; rows whose dedupe key exists are dropped.
         Returns how many were new."""
-        before = db.total_changes
-        db.executemany(
-            "INSERT OR IGNORE INTO push_notifications (id, dedupe_key, user_id, item_id, items, type, channel, "
+        return db.executemany(
+            "INSERT INTO push_notifications (id, dedupe_key, user_id, item_id, items, type, channel, "
             "title, body, reason, p, campaign_id, trigger_id, status, suppressed_reason, created_at, due_at, "
-            "expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             [(r.id, r.dedupe_key, r.user_id, r.item_id, dumps(r.items) if r.items else None, r.type, r.channel,
               r.title, r.body, r.reason, float(r.p), r.campaign_id, r.trigger_id, r.status, r.suppressed_reason,
               r.created_at, r.due_at, r.expires_at) for r in rows],
-        )
-        return db.total_changes - before
+        ).rowcount
 
     def history(self, user_ids: Sequence[str], since: float) -> dict[str, list[Past]]:
         """Each user's notifications due since `since` (any status), for the policy."""
@@ -127,13 +124,14 @@ class Outbox:
 
     def claim(self, now: float, worker: str, limit: int, lease_s: float) -> list[Notification]:
         """Due notifications for this worker to send, marked `sending` with a lease (committed
-        before the first byte goes out). Scheduled rows past their expiry become `expired`."""
-        with self.db.transaction() as db:
+        before the first byte goes out). Scheduled rows past their expiry become `expired`.
+        Not exclusive: on PostgreSQL workers lock the rows they take and pass others' rows."""
+        with self.db.transaction(exclusive=False) as db:
             db.execute("UPDATE push_notifications SET status = 'expired', suppressed_reason = 'not_sent_in_time' "
                        "WHERE status = 'scheduled' AND due_at <= ? AND expires_at < ?", (now, now))
             seqs = [row[0] for row in db.execute(
                 "SELECT seq FROM push_notifications WHERE status = 'scheduled' AND due_at <= ? "
-                "ORDER BY due_at LIMIT ?", (now, limit))]
+                f"ORDER BY due_at LIMIT ?{self.db.skip_locked}", (now, limit))]
             if not seqs:
                 return []
             rows = db.execute(
@@ -144,7 +142,7 @@ class Outbox:
 
     def recover(self, now: float) -> int:
         """Rows whose sender died (lease over) are due again."""
-        with self.db.transaction() as db:
+        with self.db.transaction(exclusive=False) as db:
             return db.execute("UPDATE push_notifications SET status = 'scheduled', lease_until = NULL, "
                               "worker = NULL WHERE status = 'sending' AND lease_until < ?", (now,)).rowcount
 
@@ -152,7 +150,7 @@ class Outbox:
         """Record a batch of outcomes in one transaction. A delivery is recorded whoever holds
         the row now; the other outcomes only by the worker that still holds it."""
         with self.db.transaction() as db:
-            seq = int(PushDatabase.meta_in(db, "sent_seq", "0"))
+            seq = int(meta_in(db, "sent_seq", "0"))
             for outcome in outcomes:
                 if outcome.result == "delivered":
                     seq += 1
@@ -167,7 +165,7 @@ class Outbox:
                     db.execute("UPDATE push_notifications SET status = ?, last_error = ?, lease_until = NULL "
                                "WHERE id = ? AND status = 'sending' AND worker = ?",
                                (outcome.result, outcome.error, outcome.id, worker))
-            PushDatabase.set_meta(db, "sent_seq", str(seq))
+            set_meta(db, "sent_seq", str(seq))
 
     def next_due(self) -> float | None:
         rows = self.db.query("SELECT min(due_at) FROM push_notifications WHERE status = 'scheduled'")

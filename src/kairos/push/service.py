@@ -32,7 +32,7 @@ from kairos.push.calibration import DEFAULT, Calibrator, describe
 from kairos.push.channels import Channel, EmailChannel, InboxChannel, WebhookChannel
 from kairos.push.channels.webhook import read_config, write_config
 from kairos.push.config import load_triggers
-from kairos.push.database import PushDatabase, dumps
+from kairos.push.database import dumps, meta_in, open_push_database, set_meta
 from kairos.push.engine_view import EngineView
 from kairos.push.live import LiveHub, SentTail
 from kairos.push.outbox import NewNotification, Outbox, Outcome
@@ -111,7 +111,7 @@ class PushService:
         self.settings: Settings = engine.settings
         self.clock = engine.clock
         self.config = load_triggers(self.settings.push_triggers)
-        self.db = PushDatabase(engine.store_path(), self.settings.sqlite_synchronous)
+        self.db = open_push_database(self.settings, engine.store_path())
         self.view = EngineView(engine)
         self.vectors = UserVectors(self.view)
         # Given (notification id, user, item) of rows due later, writes their text before they go
@@ -155,13 +155,13 @@ class PushService:
         """First start on a database: push begins at the present (no history is notified);
         later starts catch up on what they missed."""
         with self.db.transaction() as db:
-            if PushDatabase.meta_in(db, "event_cursor", "") == "":
-                PushDatabase.set_meta(db, "event_cursor", str(self.engine.store.last_position()))
+            if meta_in(db, "event_cursor", "") == "":
+                set_meta(db, "event_cursor", str(self.engine.store.last_position()))
         first = self.db.meta("items_initialised") is None
         self._reconcile_items(list(self.engine.store.iter_items()), notify=not first)
         if first:
             with self.db.transaction() as db:
-                PushDatabase.set_meta(db, "items_initialised", "1")
+                set_meta(db, "items_initialised", "1")
         self.vectors.mark_all()
 
     def _become_decider(self) -> None:
@@ -318,7 +318,7 @@ class PushService:
         with self.db.transaction() as db:
             TriggerQueue.add(db, carts)
             TriggerQueue.rearm(db, timers)
-            PushDatabase.set_meta(db, "event_cursor", str(batch[-1][0]))
+            set_meta(db, "event_cursor", str(batch[-1][0]))
         return len(batch)
 
     def _decide_due(self) -> int:
@@ -331,6 +331,7 @@ class PushService:
         """Turn one trigger into outbox rows (or nothing), in one transaction with marking it done."""
         started = time.perf_counter()
         now = self.clock.now()
+        self.preferences.refresh()  # consent changed through any process or node holds at once
         try:
             proposals, outcome = self._propose(trigger, now)
         except Exception as error:  # noqa: BLE001 - a trigger that cannot be decided is closed, not retried forever
@@ -618,7 +619,7 @@ class PushService:
 
     def save_calibration(self, calibrator: Calibrator) -> None:
         with self.db.transaction() as db:
-            PushDatabase.set_meta(db, "calibration", calibrator.to_json())
+            set_meta(db, "calibration", calibrator.to_json())
         self.calibrator = self.targeter.calibrator = calibrator
 
     def _check_calibration(self) -> None:
@@ -674,7 +675,8 @@ class PushService:
         payload = request.model_dump(mode="json", exclude_none=True)
         payload["id"] = campaign_id
         with self.db.transaction() as db:
-            created = db.execute("INSERT OR IGNORE INTO push_campaigns (id, request, created_at) VALUES (?, ?, ?)",
+            created = db.execute("INSERT INTO push_campaigns (id, request, created_at) VALUES (?, ?, ?) "
+                                 "ON CONFLICT DO NOTHING",
                                  (campaign_id, dumps(payload), now)).rowcount == 1
             if created:
                 TriggerQueue.add(db, [Trigger("campaign", campaign_id, now, now, {"request": payload})])

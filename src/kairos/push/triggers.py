@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import json
 import math
-import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from kairos.push.config import Triggers
-from kairos.push.database import PushDatabase, dumps
+from kairos.push.database import Connection, PushDatabase, dumps
 from kairos.store.base import EventRecord, ItemRecord
 
 PURCHASE = "purchase"
@@ -60,16 +59,14 @@ class TriggerQueue:
         self.db = db
 
     @staticmethod
-    def add(db: sqlite3.Connection, triggers: Iterable[Trigger]) -> int:
+    def add(db: Connection, triggers: Iterable[Trigger]) -> int:
         """Insert inside the caller's transaction; a (kind, key) seen before is ignored."""
-        before = db.total_changes
-        db.executemany("INSERT OR IGNORE INTO push_triggers (kind, key, payload, received_at, due_at) "
-                       "VALUES (?, ?, ?, ?, ?)",
-                       [(t.kind, t.key, dumps(t.payload), t.received_at, t.due_at) for t in triggers])
-        return db.total_changes - before
+        return db.executemany("INSERT INTO push_triggers (kind, key, payload, received_at, due_at) "
+                              "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                              [(t.kind, t.key, dumps(t.payload), t.received_at, t.due_at) for t in triggers]).rowcount
 
     @staticmethod
-    def rearm(db: sqlite3.Connection, triggers: Iterable[Trigger]) -> None:
+    def rearm(db: Connection, triggers: Iterable[Trigger]) -> None:
         """Insert, or move an existing one's due time and make it pending again (timers:
         each event of a user pushes their next-best check back)."""
         db.executemany("INSERT INTO push_triggers (kind, key, payload, received_at, due_at) VALUES (?, ?, ?, ?, ?) "
@@ -81,11 +78,11 @@ class TriggerQueue:
     def forget(self, user_id: str) -> None:
         """A forgotten user's triggers go; campaigns that named them keep the others."""
         with self.db.transaction() as db:
-            db.execute("DELETE FROM push_triggers WHERE key = ? OR json_extract(payload, '$.user_id') = ?",
+            db.execute(f"DELETE FROM push_triggers WHERE key = ? OR {self.db.json_field('payload', 'user_id')} = ?",
                        (user_id, user_id))
             for table, key, column in (("push_triggers", "id", "payload"), ("push_campaigns", "id", "request")):
-                # instr finds the candidates; the JSON decides (an id may be part of another).
-                rows = db.execute(f"SELECT {key}, {column} FROM {table} WHERE instr({column}, ?) > 0",
+                # Text search finds the candidates; the JSON decides (an id may be part of another).
+                rows = db.execute(f"SELECT {key}, {column} FROM {table} WHERE {self.db.contains(column)}",
                                   (user_id,)).fetchall()
                 for row_key, text in rows:
                     value = json.loads(text)
@@ -103,7 +100,7 @@ class TriggerQueue:
         return self.db.query("SELECT min(due_at) FROM push_triggers WHERE status = 'pending'")[0][0]
 
     @staticmethod
-    def finish(db: sqlite3.Connection, trigger: Trigger, now: float, outcome: dict[str, Any]) -> None:
+    def finish(db: Connection, trigger: Trigger, now: float, outcome: dict[str, Any]) -> None:
         db.execute("UPDATE push_triggers SET status = 'done', decided_at = ?, outcome = ? WHERE id = ?",
                    (now, dumps(outcome), trigger.id))
 

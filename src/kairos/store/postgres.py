@@ -18,6 +18,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from kairos.store.base import EventRecord, ItemRecord, UserRecord, forget_digest
+from kairos.store.migrations import migrate
 
 WRITE_LOCK = 0x6B6169726F73  # "kairos": the one advisory lock every write takes
 CHANNEL = "kairos_log"  # every committed write notifies it: followers wake at once
@@ -86,14 +87,8 @@ class PostgresStore:
         self._migrate()
 
     def _migrate(self) -> None:
-        with self._lock, self._db.transaction():
-            self._db.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))  # one process migrates
-            self._db.execute("CREATE TABLE IF NOT EXISTS kairos_schema (version INTEGER NOT NULL)")
-            row = self._db.execute("SELECT max(version) FROM kairos_schema").fetchone()
-            version = row[0] if row and row[0] is not None else 0
-            for number, sql in enumerate(MIGRATIONS[version:], start=version + 1):
-                self._db.execute(sql)  # type: ignore[arg-type]  # our own SQL, no parameters
-                self._db.execute("INSERT INTO kairos_schema (version) VALUES (%s)", (number,))
+        with self._lock:
+            migrate(self._db, "kairos_schema", MIGRATIONS, WRITE_LOCK)
 
     # -- events ---------------------------------------------------------------------------
 
