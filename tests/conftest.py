@@ -204,3 +204,22 @@ def postgres_server() -> Iterator[Any]:
 def postgres_url(postgres_server: Any) -> str:
     """A fresh, empty database on the session's server."""
     return str(postgres_server.new_database())
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[Any]:
+    """A temporary Redis for the session (skipped, saying why, without one)."""
+    from redis_server import RedisServer, binary
+
+    executable = binary()
+    if executable is None:
+        pytest.skip("Redis is not installed (apt-get install redis-server; .ci/run does)")
+    server = RedisServer(executable, free_port())
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: Any) -> str:
+    """An emptied Redis database on the session's server."""
+    return str(redis_server.new_url())

@@ -170,3 +170,21 @@ def _sqlite_tables(path: Any) -> set[str]:
 
     with sqlite3.connect(path) as conn:
         return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def test_with_redis_both_processes_count_against_one_rate_limit(server_factory: Any, redis_url: str) -> None:
+    """KAIROS_RATE_LIMIT with KAIROS_REDIS_URL: a caller gets its burst once, however many
+    processes answer it (each process counting alone would let it have twice as much)."""
+    server = server_factory(env={**WORKERS, "KAIROS_RATE_LIMIT": "1", "KAIROS_RATE_BURST": "10",
+                                 "KAIROS_REDIS_URL": redis_url})
+    clients = [httpx.Client(base_url=server.url, timeout=10.0) for _ in range(12)]
+    try:
+        answered_by = {client.get("/healthz").json()["process"] for client in clients}  # open: not counted
+        assert len(answered_by) == 2
+        statuses = [clients[k % len(clients)].get("/v1/items/none").status_code for k in range(36)]
+        allowed = sum(status != 429 for status in statuses)
+        assert 10 <= allowed <= 13, statuses  # the burst, and what refilled while the test ran
+        assert statuses[-1] == 429
+    finally:
+        for client in clients:
+            client.close()

@@ -42,9 +42,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KAIROS_", extra="forbid")
 
     db_path: Path = Field(default=Path("kairos.db"), description="SQLite database file (the event log "
-                          "unless store_url names a server; push, experiments, models and snapshots beside it).")
+                          "unless store_url names a server; experiments, models and snapshots beside it).")
     store_url: str = Field(default="", repr=False, description="postgresql://user:password@host/db: the event "
-                           "log, catalogue and profiles on PostgreSQL instead of the SQLite file.")
+                           "log, catalogue, profiles and push on PostgreSQL instead of the SQLite file.")
+    redis_url: str = Field(default="", repr=False, description="redis://host:port/db: rate limits shared by "
+                           "every process and node (without it each process counts its own).")
     sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
         default="FULL",
         description="FULL fsyncs every commit (survives power loss); NORMAL survives process crashes.",

@@ -22,10 +22,10 @@ from kairos.api.experiments import experiments_router
 from kairos.api.limits import (
     BodySizeLimit,
     RequestRateLimit,
-    TokenBuckets,
     UrlLengthLimit,
     UserEventLimit,
     UserEventsLimited,
+    buckets_for,
 )
 from kairos.api.metrics import ApiMetrics, RequestMiddleware
 from kairos.api.paths import ItemId, UserId
@@ -205,9 +205,11 @@ def create_app(engine: Engine, manage_models: bool = True, push: bool | None = N
     app.state.experiments = experiments
     app.state.metrics = metrics
     install_error_handlers(app)
-    user_events = (UserEventLimit(settings.user_event_rate_limit, settings.user_event_burst
-                                  or max(100.0, 10 * settings.user_event_rate_limit))
-                   if settings.user_event_rate_limit > 0 else None)
+    user_events = None
+    if settings.user_event_rate_limit > 0:
+        rate = settings.user_event_rate_limit
+        burst = settings.user_event_burst or max(100.0, 10 * rate)
+        user_events = UserEventLimit(rate, burst, buckets_for(settings, "user-events", rate, burst))
 
     @app.exception_handler(UserEventsLimited)
     async def _user_flood(request: Request, exc: UserEventsLimited) -> JSONResponse:
@@ -221,8 +223,8 @@ def create_app(engine: Engine, manage_models: bool = True, push: bool | None = N
     app.add_middleware(JsonBodies)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     if settings.rate_limit > 0:
-        app.add_middleware(RequestRateLimit, buckets=TokenBuckets(
-            settings.rate_limit, settings.rate_burst or max(1.0, 2 * settings.rate_limit)))
+        burst = settings.rate_burst or max(1.0, 2 * settings.rate_limit)
+        app.add_middleware(RequestRateLimit, buckets=buckets_for(settings, "requests", settings.rate_limit, burst))
     app.add_middleware(AuthMiddleware, authenticator=Authenticator(parse_keys(settings.api_keys),
                                                                    KeyFile(settings.keys_path())))
     app.add_middleware(UrlLengthLimit)

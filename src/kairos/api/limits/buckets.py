@@ -1,15 +1,24 @@
 """Token buckets by key: `rate` tokens a second, at most `burst` saved up.
 
-Per process: with several workers each holds its own buckets (a shared store for
-them is the scale-out issue's)."""
+Per process: with several workers each holds its own buckets; with KAIROS_REDIS_URL
+they are shared instead (shared_buckets.py)."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
+
+from kairos.config import Settings
 
 MAX_BUCKETS = 100_000  # beyond, full (idle) buckets are forgotten: they hold nothing
+
+
+class Buckets(Protocol):
+    rate: float
+
+    def wait_for(self, costs: dict[str, float]) -> dict[str, float]: ...
 
 
 class TokenBuckets:
@@ -44,3 +53,13 @@ class TokenBuckets:
     def _forget_full(self, now: float) -> None:
         for key in [k for k in self._buckets if self._level(k, now) >= self.burst]:
             del self._buckets[key]
+
+
+def buckets_for(settings: Settings, scope: str, rate: float, burst: float) -> Buckets:
+    """Shared by every process and node with KAIROS_REDIS_URL, else this process's own."""
+    if settings.redis_url:
+        # redis only when asked for
+        from kairos.api.limits.shared_buckets import SharedTokenBuckets
+
+        return SharedTokenBuckets(settings.redis_url, scope, rate, burst)
+    return TokenBuckets(rate, burst)

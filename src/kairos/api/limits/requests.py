@@ -10,7 +10,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from kairos.api.asgi import send_error
 from kairos.api.auth.middleware import KEY_ID
 from kairos.api.auth.scopes import OPEN_PATHS
-from kairos.api.limits.buckets import TokenBuckets
+from kairos.api.limits.buckets import Buckets
 
 
 def caller(scope: Scope) -> str:
@@ -22,7 +22,7 @@ def caller(scope: Scope) -> str:
 
 
 class RequestRateLimit:
-    def __init__(self, app: ASGIApp, buckets: TokenBuckets) -> None:
+    def __init__(self, app: ASGIApp, buckets: Buckets) -> None:
         self.app = app
         self.buckets = buckets
 

@@ -8,7 +8,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable
 
-from kairos.api.limits.buckets import TokenBuckets
+from kairos.api.limits.buckets import Buckets, TokenBuckets
 
 
 class UserEventsLimited(Exception):
@@ -22,8 +22,9 @@ class UserEventsLimited(Exception):
 
 
 class UserEventLimit:
-    def __init__(self, rate: float, burst: float) -> None:
-        self.buckets = TokenBuckets(rate, burst)
+    def __init__(self, rate: float, burst: float, buckets: Buckets | None = None) -> None:
+        """`buckets`: shared ones (Redis); default: this process's own."""
+        self.buckets = buckets or TokenBuckets(rate, burst)
 
     def take(self, user_ids: Iterable[str]) -> None:
         """Count a batch's events against their users; raises UserEventsLimited (and takes
