@@ -246,33 +246,37 @@ def ingest_phase(server: Server, recommend: Path, ingest: Path, args: argparse.N
 
 
 def visibility_phase(db: Path, args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
-    """Two servers over one database (as two nodes of one machine would be): an event posted
-    to A, the time until B's live stream of that user's list sends a new list — B learns
-    of it by following the log, with no request of its own."""
-    from httpx_sse import connect_sse
-
+    """Two servers over one database (as two nodes of one machine would be)."""
     a = Server(db, 1, args.workdir / "visibility-a.log", env)
     b = Server(db, 1, args.workdir / "visibility-b.log", env)
-    delays: list[float] = []
     try:
-        with httpx.Client(base_url=a.url, timeout=10.0) as writer, httpx.Client(timeout=30.0) as reader:
-            for trial in range(args.visibility_trials):
-                user = f"visibility-{os.getpid()}-{trial}"
-                with connect_sse(reader, "GET", f"{b.url}/v1/recommendations/{user}/stream?n=5") as source:
-                    events = source.iter_sse()
-                    now = next(event for event in events if event.event == "recommendations")  # the list now
-                    # A click on its first item: seen items are excluded, so the list must change.
-                    item = json.loads(now.data)["items"][0]["item_id"]
-                    sent = time.perf_counter()
-                    writer.post("/v1/events", json={"events": [{"user_id": user, "item_id": item,
-                                                                "type": "click"}]}).raise_for_status()
-                    for event in events:
-                        if event.event == "recommendations":
-                            delays.append((time.perf_counter() - sent) * 1000.0)
-                            break
+        return visibility_between(a.url, b.url, args.visibility_trials)
     finally:
         a.stop()
         b.stop()
+
+
+def visibility_between(a_url: str, b_url: str, trials: int) -> dict[str, Any]:
+    """An event posted to A, the time until B's live stream of that user's list sends a
+    new list — B learns of it by following the log, with no request of its own."""
+    from httpx_sse import connect_sse
+
+    delays: list[float] = []
+    with httpx.Client(base_url=a_url, timeout=10.0) as writer, httpx.Client(timeout=30.0) as reader:
+        for trial in range(trials):
+            user = f"visibility-{os.getpid()}-{time.time_ns()}-{trial}"
+            with connect_sse(reader, "GET", f"{b_url}/v1/recommendations/{user}/stream?n=5") as source:
+                events = source.iter_sse()
+                now = next(event for event in events if event.event == "recommendations")  # the list now
+                # A click on its first item: seen items are excluded, so the list must change.
+                item = json.loads(now.data)["items"][0]["item_id"]
+                sent = time.perf_counter()
+                writer.post("/v1/events", json={"events": [{"user_id": user, "item_id": item,
+                                                            "type": "click"}]}).raise_for_status()
+                for event in events:
+                    if event.event == "recommendations":
+                        delays.append((time.perf_counter() - sent) * 1000.0)
+                        break
     delays.sort()
 
     def pct(q: float) -> float:
