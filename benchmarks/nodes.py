@@ -36,9 +36,9 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "tests"))
-from _machine import machine_info  # noqa: E402
-from crash import stored  # noqa: E402
-from load import (  # noqa: E402
+from _machine import machine_info
+from crash import stored
+from load import (
     DEFAULT_DATA,
     RECOMMEND_LUA,
     REPORT_LUA,

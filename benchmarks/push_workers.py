@@ -32,13 +32,13 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _machine import machine_info  # noqa: E402
-from push import Receiver  # noqa: E402
+from _machine import machine_info
+from push import Receiver
 
-from kairos.push.outbox import NewNotification, Outbox  # noqa: E402
-from kairos.push.postgres import PostgresPushDatabase  # noqa: E402
-from kairos.push.channels.webhook import write_config  # noqa: E402
-from kairos.push.schema import WebhookConfig  # noqa: E402
+from kairos.push.channels.webhook import write_config
+from kairos.push.outbox import NewNotification, Outbox
+from kairos.push.postgres import PostgresPushDatabase
+from kairos.push.schema import WebhookConfig
 
 CAMPAIGN = "workers"
 

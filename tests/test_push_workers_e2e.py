@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import push_workers  # noqa: E402
+import push_workers
 
-from kairos.config import Settings  # noqa: E402
-from kairos.push.worker import FLUSH_EVERY  # noqa: E402
+from kairos.config import Settings
+from kairos.push.worker import FLUSH_EVERY
 
 
 def test_two_workers_one_killed_lose_nothing_and_record_each_delivery_once(postgres_url: str, tmp_path: Path) -> None:
