@@ -132,7 +132,7 @@ def create_app(engine: Engine, manage_models: bool = True, push: bool | None = N
     if engine.settings.push_enabled if push is None else push:
         push_service = PushService(engine, metrics=PushMetrics(metrics.registry), decide=leading)
         metrics.registry.register(OutboxCollector(push_service.outbox))
-    experiments = ExperimentService(engine.store_path(), clock=engine.clock)
+    experiments = ExperimentService(engine.store_path(), clock=engine.clock, settings=engine.settings)
     engine.listeners.add(experiments)  # attribution: events that name the list they answer
     llm_service = None
     if engine.settings.llm != "off" and leading:  # one model per database: the leader's

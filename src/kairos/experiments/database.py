@@ -1,12 +1,18 @@
 """Experiments' durable state: tables beside the engine's in the same SQLite database
-(one connection of its own, as push's; WAL lets it write beside the engine)."""
+(one connection of its own, as push's; WAL lets it write beside the engine) or, with
+KAIROS_STORE_URL=postgresql://..., in the same PostgreSQL as the log (postgres.py), so
+every node assigns, records and reports one set of experiments."""
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+from kairos.config import Settings
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS experiments (
@@ -40,7 +46,32 @@ CREATE INDEX IF NOT EXISTS experiment_outcomes_by_arm ON experiment_outcomes (ex
 """
 
 
-class ExperimentDatabase:
+class ExperimentDatabase(Protocol):
+    def exclusive(self) -> AbstractContextManager[None]:
+        """A transaction no other process or node runs beside: a check and a write in it
+        are atomic (query and execute inside it belong to it)."""
+        ...
+
+    def query(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ()) -> int: ...
+
+    def insert_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def open_experiment_database(settings: Settings, path: Path) -> ExperimentDatabase:
+    """PostgreSQL when the store is there, else the SQLite file at `path` (the store's)."""
+    if settings.store_url.startswith(("postgresql://", "postgres://")):
+        # psycopg only when asked for
+        from kairos.experiments.postgres import PostgresExperimentDatabase
+
+        return PostgresExperimentDatabase(settings.store_url)
+    return SQLiteExperimentDatabase(path)
+
+
+class SQLiteExperimentDatabase:
     def __init__(self, path: str | Path, synchronous: str = "NORMAL") -> None:
         self.path = Path(path)
         self.lock = threading.RLock()
@@ -51,25 +82,30 @@ class ExperimentDatabase:
         with self.lock:
             self.db.executescript(SCHEMA)
 
-    def query(self, sql: str, parameters: tuple[Any, ...] | list[Any] = ()) -> list[tuple[Any, ...]]:
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self.lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+
+    def query(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self.lock:
             return self.db.execute(sql, parameters).fetchall()
 
-    def execute(self, sql: str, parameters: tuple[Any, ...] | list[Any] = ()) -> int:
+    def execute(self, sql: str, parameters: Sequence[Any] = ()) -> int:
         with self.lock:
             return self.db.execute(sql, parameters).rowcount
 
     def insert_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         if not rows:
             return
-        with self.lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                self.db.executemany(sql, rows)
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
-            self.db.execute("COMMIT")
+        with self.exclusive():
+            self.db.executemany(sql, rows)
 
     def close(self) -> None:
         with self.lock:

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kairos.config import Settings
 from kairos.experiments.assignment import assign
-from kairos.experiments.database import ExperimentDatabase
+from kairos.experiments.database import open_experiment_database
 from kairos.experiments.schema import ArmConfig, ExperimentSpec
 from kairos.experiments.stats import difference, ratio, sample_ratio_mismatch
 from kairos.store.base import EventRecord, ItemRecord, UserRecord
@@ -64,8 +65,10 @@ class Assignment:
 
 
 class ExperimentService:
-    def __init__(self, db_path: Path, clock: Any = None) -> None:
-        self.db = ExperimentDatabase(db_path)
+    def __init__(self, db_path: Path, clock: Any = None, settings: Settings | None = None) -> None:
+        """`settings`: where the tables live (PostgreSQL with a store URL); default: the
+        SQLite file `db_path`."""
+        self.db = open_experiment_database(settings or Settings(), db_path)
         self._clock = clock
         self._lock = threading.Lock()
         self._pending: list[tuple[str, str, str, str, int, float]] = []
@@ -102,7 +105,7 @@ class ExperimentService:
     # -- experiments ----------------------------------------------------------------------
 
     def create(self, spec: ExperimentSpec) -> dict[str, Any]:
-        with self.db.lock:
+        with self.db.exclusive():  # one running experiment, whichever node starts one
             if self.db.query("SELECT 1 FROM experiments WHERE id = ?", (spec.id,)):
                 raise ExperimentConflict(f"experiment {spec.id!r} exists already")
             running = self.db.query("SELECT id FROM experiments WHERE status = 'running'")
@@ -181,8 +184,8 @@ class ExperimentService:
     def flush(self) -> None:
         with self._lock:
             pending, self._pending = self._pending, []
-        self.db.insert_many("INSERT OR IGNORE INTO experiment_exposures "
-                            "(request_id, experiment, arm, user_id, impressions, ts) VALUES (?, ?, ?, ?, ?, ?)",
+        self.db.insert_many("INSERT INTO experiment_exposures (request_id, experiment, arm, user_id, impressions, "
+                            "ts) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                             pending)
 
     # -- attribution (an engine listener) -------------------------------------------------
@@ -203,8 +206,8 @@ class ExperimentService:
             if found is not None:
                 rows.append((request_id, record.item_id, record.type, found[0], found[1], record.user_id,
                              record.timestamp))
-        self.db.insert_many("INSERT OR IGNORE INTO experiment_outcomes "
-                            "(request_id, item_id, type, experiment, arm, user_id, ts) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        self.db.insert_many("INSERT INTO experiment_outcomes (request_id, item_id, type, experiment, arm, user_id, "
+                            "ts) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                             rows)
 
     def items_upserted(self, records: Sequence[ItemRecord]) -> None:

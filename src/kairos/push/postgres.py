@@ -10,7 +10,7 @@ row. Schema changes are numbered and recorded in `kairos_push_schema`.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ import psycopg
 
 from kairos.push.database import BasePushDatabase, Connection
 from kairos.store.migrations import migrate
+from kairos.store.sqlite_dialect import SqliteCalls, dialect
 
 PUSH_LOCK = 0x6B61697270  # the advisory lock of exclusive push transactions
 
@@ -102,45 +103,6 @@ MIGRATIONS: list[str] = [
 ]
 
 
-def _dialect(sql: str) -> str:
-    """sqlite3's `?` placeholders as psycopg's `%s` (a literal % doubled first)."""
-    return sql.replace("%", "%%").replace("?", "%s")
-
-
-class _Adapter:
-    """sqlite3's execute/executemany over a psycopg connection, for push's SQL."""
-
-    def __init__(self, db: psycopg.Connection[Any]) -> None:
-        self._db = db
-
-    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> psycopg.Cursor[Any]:
-        cursor = self._db.cursor()
-        cursor.execute(_dialect(sql), parameters or None)  # type: ignore[arg-type]  # our own SQL
-        return cursor
-
-    def executemany(self, sql: str, rows: Iterable[Sequence[Any]], /) -> psycopg.Cursor[Any] | _Nothing:
-        cursor = self._db.cursor()
-        rows = list(rows)
-        if rows:  # rowcount: the sum over the rows, as sqlite3's
-            cursor.executemany(_dialect(sql), rows)  # type: ignore[arg-type]
-        return cursor if rows else _Nothing()
-
-
-class _Nothing:
-    """What executemany of no rows returns: changed nothing."""
-
-    rowcount = 0
-
-    def fetchall(self) -> list[Any]:
-        return []
-
-    def fetchone(self) -> Any:
-        return None
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(())
-
-
 class PostgresPushDatabase(BasePushDatabase):
     skip_locked = " FOR UPDATE SKIP LOCKED"
     _json_field = "({column}::jsonb ->> '{field}')"
@@ -159,8 +121,8 @@ class PostgresPushDatabase(BasePushDatabase):
         with self.lock, self.db.transaction():
             if exclusive:
                 self.db.execute("SELECT pg_advisory_xact_lock(%s)", (PUSH_LOCK,))
-            yield _Adapter(self.db)  # type: ignore[misc]  # speaks Connection's calls
+            yield SqliteCalls(self.db)  # type: ignore[misc]  # speaks Connection's calls
 
     def query(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self.lock:
-            return self.db.execute(_dialect(sql), parameters or None).fetchall()  # type: ignore[arg-type]
+            return self.db.execute(dialect(sql), parameters or None).fetchall()  # type: ignore[arg-type]
