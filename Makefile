@@ -22,8 +22,14 @@ demo: setup
 serve: setup
 	$(VENV)/bin/kairos serve
 
+# Every test that starts a server, again with the log, push and experiments on PostgreSQL
+# and rate limits on Redis (both started by the tests; skipped, saying why, without them).
+SERVER_TESTS = tests/test_api_e2e.py tests/test_experiments_e2e.py tests/test_push_e2e.py \
+	tests/test_security_e2e.py tests/test_workers_e2e.py
+
 test: setup
 	$(VENV)/bin/pytest -q
+	KAIROS_TEST_BACKEND=postgres $(VENV)/bin/pytest -q $(SERVER_TESTS)
 
 bench: setup
 	$(VENV)/bin/python benchmarks/serving.py

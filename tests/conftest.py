@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -113,6 +114,41 @@ class Server:
             _kill_group(self.process.pid)  # a worker its supervisor left behind
 
 
+def database_rows(server: Server, sql: str, parameters: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """SQL (`?` placeholders) on the server's database: its SQLite file, or PostgreSQL."""
+    url = server.env.get("KAIROS_STORE_URL")
+    if not url:
+        with sqlite3.connect(server.db_path) as conn:
+            return conn.execute(sql, parameters).fetchall()
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        return conn.execute(sql.replace("?", "%s"), parameters).fetchall()  # type: ignore[arg-type]
+
+
+def rows_mentioning(server: Server, needle: str) -> int:
+    """Rows of every table of the server's database with `needle` in any column."""
+    url = server.env.get("KAIROS_STORE_URL")
+    found = 0
+    if not url:
+        with sqlite3.connect(server.db_path) as conn:
+            for (table,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+                columns = [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
+                clauses = " OR ".join(f"CAST({c} AS TEXT) LIKE ?" for c in columns)
+                found += conn.execute(f"SELECT count(*) FROM {table} WHERE {clauses}",
+                                      [f"%{needle}%"] * len(columns)).fetchone()[0]
+        return found
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        tables = [row[0] for row in conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")]
+        for table in tables:  # a row cast to text holds every column, JSON included
+            found += conn.execute(f"SELECT count(*) FROM {table} AS t WHERE t::text LIKE %s",  # type: ignore[arg-type]
+                                  (f"%{needle}%",)).fetchone()[0]
+    return found
+
+
 def _kill_group(pid: int) -> None:
     try:
         os.killpg(pid, signal.SIGKILL)
@@ -130,11 +166,24 @@ def text_model_exported() -> None:
 
 
 @pytest.fixture
-def server_factory(tmp_path: Path, text_model_exported: None) -> Iterator[type[Server] | object]:
+def server_factory(request: pytest.FixtureRequest, tmp_path: Path,
+                   text_model_exported: None) -> Iterator[type[Server] | object]:
+    """Starts `kairos serve` on a database file; with KAIROS_TEST_BACKEND=postgres the log,
+    push and experiments are on the session's PostgreSQL instead (one database per file
+    name, so a restarted server finds its data) and rate limits on its Redis."""
     started: list[Server] = []
+    redis_url: list[str] = []
 
     def make(db_path: Path | None = None, env: dict[str, str] | None = None) -> Server:
-        server = Server(db_path or tmp_path / "server.db", env).start()
+        path = db_path or tmp_path / "server.db"
+        if os.environ.get("KAIROS_TEST_BACKEND") == "postgres":
+            databases = request.getfixturevalue("postgres_server").databases
+            if path not in databases:
+                databases[path] = request.getfixturevalue("postgres_server").new_database()
+            if not redis_url:
+                redis_url.append(request.getfixturevalue("redis_server").new_url())
+            env = {"KAIROS_STORE_URL": databases[path], "KAIROS_REDIS_URL": redis_url[0], **(env or {})}
+        server = Server(path, env).start()
         started.append(server)
         return server
 

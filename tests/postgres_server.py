@@ -29,6 +29,7 @@ class PostgresServer:
         self.bin_dir = bin_dir
         self.port = port
         self.root = Path(tempfile.mkdtemp(prefix="kairos-pg-"))
+        self.databases: dict[Path, str] = {}  # a server's database file -> its PostgreSQL database
         self.data = self.root / "data"
         # PostgreSQL refuses to run as root: then the cluster belongs to `postgres`.
         self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []

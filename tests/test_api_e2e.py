@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+
+from conftest import database_rows
 
 pytestmark = pytest.mark.e2e
 
@@ -202,9 +203,8 @@ def test_forget_user_leaves_no_trace(server_factory: Any, tmp_path: Path) -> Non
                                if "covisit" in i["sources"]]
         live = {k: v for k, v in client.get("/healthz").json().items() if k not in ("rebuild_seconds", "process")}
     server.stop()
-    with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT count(*) FROM events WHERE user_id = 'ghost'").fetchone()[0] == 0
-        assert conn.execute("SELECT count(*) FROM users WHERE user_id = 'ghost'").fetchone()[0] == 0
+    assert database_rows(server, "SELECT count(*) FROM events WHERE user_id = 'ghost'")[0][0] == 0
+    assert database_rows(server, "SELECT count(*) FROM users WHERE user_id = 'ghost'")[0][0] == 0
     restarted = server_factory(db)
     with restarted.client() as client:
         rebuilt = {k: v for k, v in client.get("/healthz").json().items() if k not in ("rebuild_seconds", "process")}

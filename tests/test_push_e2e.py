@@ -223,7 +223,8 @@ def test_a_separate_push_worker_delivers_and_the_server_streams_it(server_factor
         time.sleep(0.5)
         assert client.get("/v1/push/campaigns/w").json()["counts"] == {"scheduled": 2}  # nobody delivers yet
         worker = subprocess.Popen([sys.executable, "-m", "kairos", "push-worker", "--db", str(server.db_path)],
-                                  env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                                  env={**os.environ, **server.env}, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT)
         try:
             wait_for(lambda: client.get("/v1/push/campaigns/w").json()["counts"] == {"delivered": 2})
             assert {json.loads(r["body"])["user_id"] for r in receiver.requests} >= {"t1", "t2"}

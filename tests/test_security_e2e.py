@@ -15,6 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
+from conftest import database_rows, rows_mentioning
+
 pytestmark = pytest.mark.e2e
 
 T0 = 1_750_000_000
@@ -244,8 +246,6 @@ def test_a_forgotten_user_is_in_no_table_and_no_file(server_factory: Any, tmp_pa
     notifications, experiment exposures and outcomes, the change feed) is gone after
     DELETE: counted by searching every text column of every table, and every file the
     server keeps beside the database (the vector index), for the id and the text."""
-    import sqlite3
-
     db = tmp_path / "forget.db"
     ghost, text = "ghost-7f3a9", "private interests: rare orchids"
     server = server_factory(db)
@@ -262,32 +262,18 @@ def test_a_forgotten_user_is_in_no_table_and_no_file(server_factory: Any, tmp_pa
         client.post("/v1/push/campaigns", json={"item_id": "sku-3", "audience": {"user_ids": [ghost]}})
         client.post("/v1/events", json=events("bystander", 2))
         time.sleep(1.0)  # exposures are flushed within 0.5 s
-        with sqlite3.connect(db) as conn:
-            assert _rows_mentioning(conn, ghost) > 5  # the search finds what is there
+        assert rows_mentioning(server, ghost) > 5  # the search finds what is there
         assert client.delete(f"/v1/users/{ghost}").status_code == 200
     server.stop()
-    with sqlite3.connect(db) as conn:
-        assert _rows_mentioning(conn, ghost) == 0
-        assert _rows_mentioning(conn, text) == 0
-        assert conn.execute("SELECT count(*) FROM events WHERE user_id = 'bystander'").fetchone()[0] == 2
+    assert rows_mentioning(server, ghost) == 0
+    assert rows_mentioning(server, text) == 0
+    assert database_rows(server, "SELECT count(*) FROM events WHERE user_id = 'bystander'")[0][0] == 2
     for path in tmp_path.rglob("*"):
         if path.is_file() and not path.name.startswith("forget.db"):
             assert ghost.encode() not in path.read_bytes(), path
 
 
-def _rows_mentioning(conn: Any, needle: str) -> int:
-    found = 0
-    for (table,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
-        columns = [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
-        clauses = " OR ".join(f"CAST({c} AS TEXT) LIKE ?" for c in columns)
-        found += conn.execute(f"SELECT count(*) FROM {table} WHERE {clauses}",
-                              [f"%{needle}%"] * len(columns)).fetchone()[0]
-    return found
-
-
 def test_pseudonymised_ids_never_reach_the_database(server_factory: Any, tmp_path: Path) -> None:
-    import sqlite3
-
     db = tmp_path / "pseudo.db"
     key = "a-secret-the-platform-keeps"
     server = server_factory(db, env={"KAIROS_PSEUDONYMISE_KEY": key})
@@ -305,13 +291,11 @@ def test_pseudonymised_ids_never_reach_the_database(server_factory: Any, tmp_pat
     server.stop()
     kept = kairos("pseudonym", alice, env={"KAIROS_PSEUDONYMISE_KEY": key}).stdout.strip()
     assert kept.startswith("p-") and kept != alice
-    with sqlite3.connect(db) as conn:
-        assert _rows_mentioning(conn, alice) == 0
-        assert _rows_mentioning(conn, kept) >= 5  # events, profile, preferences, notification, campaign
+    assert rows_mentioning(server, alice) == 0
+    assert rows_mentioning(server, kept) >= 5  # events, profile, preferences, notification, campaign
     restarted = server_factory(db, env={"KAIROS_PSEUDONYMISE_KEY": key})
     with restarted.client() as client:
         assert client.get(f"/v1/users/{alice}").json()["event_count"] == 3  # the same key finds them again
         assert client.delete(f"/v1/users/{alice}").json() == {"user_id": alice, "events_deleted": 3}
     restarted.stop()
-    with sqlite3.connect(db) as conn:
-        assert _rows_mentioning(conn, kept) == 0
+    assert rows_mentioning(restarted, kept) == 0
