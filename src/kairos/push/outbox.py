@@ -127,8 +127,10 @@ class Outbox:
         before the first byte goes out). Scheduled rows past their expiry become `expired`.
         Not exclusive: on PostgreSQL workers lock the rows they take and pass others' rows."""
         with self.db.transaction(exclusive=False) as db:
+            # Rows another worker holds are passed here too: two claims never wait on each other.
             db.execute("UPDATE push_notifications SET status = 'expired', suppressed_reason = 'not_sent_in_time' "
-                       "WHERE status = 'scheduled' AND due_at <= ? AND expires_at < ?", (now, now))
+                       "WHERE seq IN (SELECT seq FROM push_notifications WHERE status = 'scheduled' AND due_at <= ? "
+                       f"AND expires_at < ?{self.db.skip_locked})", (now, now))
             seqs = [row[0] for row in db.execute(
                 "SELECT seq FROM push_notifications WHERE status = 'scheduled' AND due_at <= ? "
                 f"ORDER BY due_at LIMIT ?{self.db.skip_locked}", (now, limit))]
