@@ -52,9 +52,8 @@ class Favourite:
         return [t for t in ("Film 7", "Film 3") if t in trie.all][:n]
 
 
-@pytest.fixture()
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    settings = Settings(db_path=tmp_path / "llm.db", semantic_enabled=False, sqlite_synchronous="NORMAL",
+def make_engine(db_path: Path) -> Engine:
+    settings = Settings(db_path=db_path, semantic_enabled=False, sqlite_synchronous="NORMAL",
                         source_weights={"covisit": 1.0, "popular": 0.3})
     engine = Engine(settings, clock=SimulatedClock(1_000_000.0))
     engine.upsert_items([Item(item_id=f"m{i}", title=t) for i, t in enumerate(TITLES)])
@@ -62,6 +61,12 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
     engine.ingest_records([EventRecord(f"other{u}", f"m{i}", "click", 999_000.0 + u)
                            for u in range(5) for i in range(11)])
     engine.ingest_records([EventRecord("fan", "m11", "click", 999_500.0)])
+    return engine
+
+
+@pytest.fixture()
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    engine = make_engine(tmp_path / "llm.db")
     yield engine
     engine.close()
 
@@ -101,6 +106,40 @@ def test_rerank_serves_the_models_order_only_while_fresh_for_the_latest_event(en
             model.gate.set()
         service.stop()
     assert engine.list_rules == [] and "llm" not in engine.sources  # stopping leaves the engine as it was
+
+
+def test_with_redis_a_follower_serves_the_lists_the_leader_computes(engine: Engine, tmp_path: Path,
+                                                                     redis_url: str) -> None:
+    """Two replicas of one log (here: the same events in two engines); the leader's model
+    computes, the follower has no model and serves the leader's list from Redis, only
+    while it is fresh for the user's latest event there too."""
+    from kairos.llm.shared_cache import SharedLlmListCache
+
+    follower_engine = make_engine(tmp_path / "follower.db")
+    ready: list[str] = []
+    leader = LlmService(engine, on_ready=ready.append, model=Favourite(), mode="rerank",
+                        cache=SharedLlmListCache(redis_url))
+    follower = LlmService(follower_engine, mode="rerank", computes=False, cache=SharedLlmListCache(redis_url))
+    leader.start()
+    follower.start()
+    try:
+        click = [EventRecord("u1", "m0", "click", 1_000_000.0)]
+        follower_engine.ingest_records(click)
+        assert "llm" not in {s for item in follower_engine.recommend("u1", 5).items for s in item.sources}
+        engine.ingest_records(click)
+        wait_until(lambda: "u1" in ready)
+        served = follower_engine.recommend("u1", 5)
+        assert served.items[0].item_id == "m11" and served.items[0].sources[-1] == "llm"
+        assert follower.status()["state"] == "following" and follower.status()["computed"] == 0
+        # The follower applies a newer event first: the shared list is stale for it.
+        follower_engine.ingest_records([EventRecord("u1", "m1", "click", 1_000_001.0)])
+        assert "llm" not in {s for item in follower_engine.recommend("u1", 5).items for s in item.sources}
+        follower.user_forgotten("u1")
+        assert leader.cache.latest("u1") is None  # forgotten on every node
+    finally:
+        leader.stop()
+        follower.stop()
+        follower_engine.close()
 
 
 def test_a_request_never_waits_for_a_slow_model(engine: Engine) -> None:
@@ -205,3 +244,21 @@ def test_notification_copy_is_written_only_when_grounded(engine: Engine) -> None
         assert copies == [("n1", "Because you clicked Film 0, Film 3 is next.")]  # n2 keeps its template
     finally:
         service.explainer.stop()
+
+
+def test_the_shared_list_cache_keeps_the_newest_list_and_never_blocks_without_redis(redis_url: str) -> None:
+    from conftest import free_port
+
+    from kairos.llm.cache import LlmList
+    from kairos.llm.shared_cache import SharedLlmListCache
+
+    node_a, node_b = SharedLlmListCache(redis_url), SharedLlmListCache(redis_url)
+    node_a.put("alice@example.com", LlmList(3, ("m1", "m2"), "rerank", 1.0, 0.1))
+    node_b.put("alice@example.com", LlmList(2, ("m9",), "rerank", 2.0, 0.1))  # computed for an older event
+    assert node_b.fresh("alice@example.com", 3) == LlmList(3, ("m1", "m2"), "rerank", 1.0, 0.1)
+    assert node_b.fresh("alice@example.com", 4) is None and len(node_a) == 1
+    assert not any(b"alice" in key for key in node_a.client.keys("*"))  # user ids never reach Redis
+    down = SharedLlmListCache(f"redis://127.0.0.1:{free_port()}/0")
+    started = time.monotonic()
+    assert down.fresh("alice@example.com", 3) is None
+    assert time.monotonic() - started < 2.0

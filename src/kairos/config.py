@@ -45,8 +45,9 @@ class Settings(BaseSettings):
                           "unless store_url names a server; experiments, models and snapshots beside it).")
     store_url: str = Field(default="", repr=False, description="postgresql://user:password@host/db: the event "
                            "log, catalogue, profiles and push on PostgreSQL instead of the SQLite file.")
-    redis_url: str = Field(default="", repr=False, description="redis://host:port/db: rate limits shared by "
-                           "every process and node (without it each process counts its own).")
+    redis_url: str = Field(default="", repr=False, description="redis://host:port/db: rate limits and the "
+                           "language model's lists shared by every process and node (without it each process "
+                           "counts its own limits and only the leader serves the model's lists).")
     sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
         default="FULL",
         description="FULL fsyncs every commit (survives power loss); NORMAL survives process crashes.",

@@ -135,15 +135,18 @@ def create_app(engine: Engine, manage_models: bool = True, push: bool | None = N
     experiments = ExperimentService(engine.store_path(), clock=engine.clock, settings=engine.settings)
     engine.listeners.add(experiments)  # attribution: events that name the list they answer
     llm_service = None
-    if engine.settings.llm != "off" and leading:  # one model per database: the leader's
+    # One model per database, the leader's; with Redis every other process serves its lists.
+    if engine.settings.llm != "off" and (leading or engine.settings.redis_url):
+        from kairos.llm.cache import list_cache_for
         from kairos.llm.service import LlmService
 
         # A list that lands re-sends the user's live stream; notifications due later get the
         # model's text (both only where push runs).
         llm_service = LlmService(engine, on_ready=(lambda user: push_service.hub.poke("lists", [user]))
                                  if push_service is not None else None,
-                                 on_copy=push_service.outbox.set_body if push_service is not None else None)
-        if push_service is not None:
+                                 on_copy=push_service.outbox.set_body if push_service is not None else None,
+                                 computes=leading, cache=list_cache_for(engine.settings.redis_url))
+        if push_service is not None and leading:
             push_service.copywriter = llm_service.write_copy
 
     def elected() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,6 +16,20 @@ class LlmList:
     mode: str  # rerank | generate
     computed_at: float  # wall time
     seconds: float  # the model's time for it
+
+
+class ListCache(Protocol):
+    """Where lists are kept: this process's memory, or Redis for every node (shared_cache.py)."""
+
+    def put(self, user_id: str, entry: LlmList) -> None: ...
+
+    def fresh(self, user_id: str, position: int) -> LlmList | None: ...
+
+    def latest(self, user_id: str) -> LlmList | None: ...
+
+    def forget(self, user_id: str) -> None: ...
+
+    def __len__(self) -> int: ...
 
 
 class LlmListCache:
@@ -50,3 +65,13 @@ class LlmListCache:
     def __len__(self) -> int:
         with self._lock:
             return len(self._lists)
+
+
+def list_cache_for(redis_url: str) -> ListCache:
+    """Shared by every process and node through Redis, else this process's own."""
+    if redis_url:
+        # redis only when asked for
+        from kairos.llm.shared_cache import SharedLlmListCache
+
+        return SharedLlmListCache(redis_url)
+    return LlmListCache()

@@ -27,7 +27,7 @@ import numpy as np
 
 from kairos.config import Settings
 from kairos.llm.backend import ModelUnavailable
-from kairos.llm.cache import LlmList, LlmListCache
+from kairos.llm.cache import ListCache, LlmList, LlmListCache
 from kairos.llm.lists import LlmRecommender
 from kairos.llm.prompt import steps_of
 from kairos.llm.words import explain_prompt, first_sentence, grounded
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 GENERATED = 10  # titles written per user (generate mode)
 LATENCIES = 1000  # event -> list ready, kept for percentiles
+SENTENCES_KEPT = 100_000  # users' explanation sentences kept in memory
 EXPLAINED = 5  # items of a list explained per request at most
 SENTENCE_TOKENS = 48
 SEPARATOR = "\x1f"  # user SEPARATOR item: an explanation's key
@@ -51,16 +52,20 @@ SEPARATOR = "\x1f"  # user SEPARATOR item: an explanation's key
 class LlmService:
     def __init__(self, engine: Engine, on_ready: Callable[[str], None] | None = None,
                  model: Any = None, mode: str | None = None,
-                 on_copy: Callable[[str, str], Any] | None = None) -> None:
+                 on_copy: Callable[[str, str], Any] | None = None, computes: bool = True,
+                 cache: ListCache | None = None) -> None:
         """`model`: a LanguageModel to use instead of loading the configured one (the
-        evaluation shares one); `mode`: rerank | generate instead of KAIROS_LLM_MODE."""
+        evaluation shares one); `mode`: rerank | generate instead of KAIROS_LLM_MODE;
+        `computes`: False in a process that only serves the lists another computes (a
+        follower, with the lists shared through `cache`: Redis)."""
         self.engine = engine
         self.settings: Settings = engine.settings
         self.mode = mode or self.settings.llm_mode
         self._added_weight = False
         self.on_ready = on_ready
         self.on_copy = on_copy  # (notification id, text): a notification's body, written before it goes
-        self.cache = LlmListCache()
+        self.computes = computes
+        self.cache: ListCache = cache if cache is not None else LlmListCache()
         self.worker = CoalescingWorker(self._compute, capacity=self.settings.llm_queue)
         self.state = "starting"
         self.error: str | None = None
@@ -106,12 +111,16 @@ class LlmService:
 
     def start(self) -> None:
         self.attach()
+        if not self.computes:
+            self.state = "following"  # serves what the leader computes
+            return
         self.worker.start(before=self._load)
         self.explainer.start()
 
     def stop(self) -> None:
-        self.worker.stop()
-        self.explainer.stop()
+        if self.computes:
+            self.worker.stop()
+            self.explainer.stop()
         self.detach()
         close = getattr(self.model, "close", None)
         if close is not None and not self._given:
@@ -134,6 +143,8 @@ class LlmService:
     # -- the engine tells us --------------------------------------------------------------
 
     def events_ingested(self, records: Sequence[EventRecord]) -> None:
+        if not self.computes:
+            return
         now = time.monotonic()
         users = {r.user_id for r in records}
         with self._lock:
@@ -223,7 +234,7 @@ class LlmService:
             cached = f"{user_id}{SEPARATOR}{item_id}"
             self._sentences[cached] = (position, sentence if ok else None)
             self._sentences.move_to_end(cached)
-            while len(self._sentences) > self.cache.max_users:
+            while len(self._sentences) > SENTENCES_KEPT:
                 self._sentences.popitem(last=False)
         if ok and notification and self.on_copy is not None:
             self.on_copy(notification[0], sentence)
@@ -248,7 +259,7 @@ class LlmService:
                         found[item_id] = known[1]
                 else:
                     missing.append(key)
-        if missing and user is not None:
+        if missing and user is not None and self.computes:
             self.explainer.submit(missing)
         return found
 
