@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -38,29 +39,6 @@ class Connection(Protocol):
     def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Cursor: ...
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]], /) -> Cursor: ...
-
-
-class PushDatabase(Protocol):
-    # Phrases that differ between the two: a claim that passes rows another worker holds,
-    # the user id inside a JSON payload column, "column contains text".
-    skip_locked: str
-    path: Path | None  # the SQLite file; None on a server
-
-    def transaction(self, exclusive: bool = True) -> AbstractContextManager[Connection]:
-        """Committed whole or rolled back. `exclusive` (the default): one at a time across
-        every process on the database, so a read, a check and a write are atomic; a claim
-        that locks its own rows passes False."""
-        ...
-
-    def query(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
-
-    def meta(self, key: str, default: str | None = None) -> str | None: ...
-
-    def json_field(self, column: str, field: str) -> str: ...
-
-    def contains(self, column: str) -> str: ...
-
-    def close(self) -> None: ...
 
 
 def open_push_database(settings: Settings, path: Path) -> PushDatabase:
@@ -166,16 +144,26 @@ def set_meta(db: Connection, key: str, value: str) -> None:
                "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
 
 
-class BasePushDatabase:
-    """What both databases do alike; a subclass sets `db`, `lock` and the phrases."""
+class PushDatabase(ABC):
+    """Push's tables on one database; SQLitePushDatabase or PostgresPushDatabase (postgres.py).
+    A subclass sets `db`, `lock`, `path` and the phrases that differ between the two: a
+    claim that passes rows another worker holds, a field of a JSON column, "contains"."""
 
     db: Any
     lock: threading.RLock
+    path: Path | None  # the SQLite file; None on a server
+    skip_locked: str  # appended to a claim's SELECT
     _json_field: str  # format of the text of `field` in a JSON column
     _contains: str  # format of "`column` contains the parameter"
 
-    def query(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        raise NotImplementedError
+    @abstractmethod
+    def transaction(self, exclusive: bool = True) -> AbstractContextManager[Connection]:
+        """Committed whole or rolled back. `exclusive` (the default): one at a time across
+        every process on the database, so a read, a check and a write are atomic; a claim
+        that locks its own rows passes False."""
+
+    @abstractmethod
+    def query(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
 
     def meta(self, key: str, default: str | None = None) -> str | None:
         rows = self.query("SELECT value FROM push_meta WHERE key = ?", (key,))
@@ -192,7 +180,7 @@ class BasePushDatabase:
             self.db.close()
 
 
-class SQLitePushDatabase(BasePushDatabase):
+class SQLitePushDatabase(PushDatabase):
     skip_locked = ""  # BEGIN IMMEDIATE already makes every transaction one at a time
     _json_field = "json_extract({column}, '$.{field}')"
     _contains = "instr({column}, ?) > 0"

@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 
-from kairos.push.database import BasePushDatabase, Connection
+from kairos.push.database import Connection, PushDatabase
 from kairos.store.migrations import migrate
 from kairos.store.sqlite_dialect import SqliteCalls, dialect
 
@@ -103,7 +103,7 @@ MIGRATIONS: list[str] = [
 ]
 
 
-class PostgresPushDatabase(BasePushDatabase):
+class PostgresPushDatabase(PushDatabase):
     skip_locked = " FOR UPDATE SKIP LOCKED"
     _json_field = "({column}::jsonb ->> '{field}')"
     _contains = "strpos({column}, ?) > 0"
