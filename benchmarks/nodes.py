@@ -37,13 +37,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "tests"))
 from _machine import machine_info
+from _servers import postgres, redis
 from crash import stored
 from load import (
     DEFAULT_DATA,
     RECOMMEND_LUA,
     REPORT_LUA,
     Server,
-    free_port,
     kairos,
     visibility_between,
     wrk,
@@ -174,27 +174,9 @@ def main() -> None:
     data = Path(os.environ.get("KAIROS_DATA_DIR", DEFAULT_DATA.parent)) / "ml-latest-small"
     if not data.is_dir():
         sys.exit(f"needs ml-latest-small at {data}")
-    servers: list[Any] = []
-    store_url, redis_url = args.store_url, args.redis_url
-    if not store_url:
-        from postgres_server import PostgresServer, binaries
-
-        bin_dir = binaries()
-        if bin_dir is None:
-            sys.exit("PostgreSQL is not installed: apt-get install postgresql, or pass --store-url")
-        servers.append(PostgresServer(bin_dir, free_port()))
-        store_url = servers[-1].new_database()
-    if not redis_url:
-        from redis_server import RedisServer, binary
-
-        executable = binary()
-        if executable is None:
-            sys.exit("Redis is not installed: apt-get install redis-server, or pass --redis-url")
-        servers.append(RedisServer(executable, free_port()))
-        redis_url = servers[-1].new_url()
-    env = {"KAIROS_STORE_URL": store_url, "KAIROS_REDIS_URL": redis_url}
-    result: dict[str, Any] = {}
-    try:
+    with postgres(args.store_url) as store_url, redis(args.redis_url) as redis_url:
+        env = {"KAIROS_STORE_URL": store_url, "KAIROS_REDIS_URL": redis_url}
+        result: dict[str, Any] = {}
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
             (work / "a").mkdir()
@@ -216,9 +198,6 @@ def main() -> None:
                 b.stop()
             result["restart"] = restart(work / "a" / "kairos.db", work / "a-again.log", env, store_url)
             print(f"  node A restarted: {json.dumps(result['restart'])}", flush=True)
-    finally:
-        for server in servers:
-            server.stop()
     summary = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine_info(),
                "command": " ".join(["benchmarks/nodes.py", *sys.argv[1:]]), **result}
     args.out.write_text(json.dumps(summary, indent=2) + "\n")

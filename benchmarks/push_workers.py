@@ -33,6 +33,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from _machine import machine_info
+from _servers import postgres
 from push import Receiver
 
 from kairos.push.channels.webhook import write_config
@@ -113,24 +114,8 @@ def main() -> None:
     parser.add_argument("--kill-at", type=float, default=0.3, help="Share received before one worker is killed.")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "push-workers.json")
     args = parser.parse_args()
-    server = None
-    url = args.store_url
-    if not url:
-        sys.path.insert(0, str(ROOT / "tests"))
-        from conftest import free_port
-        from postgres_server import PostgresServer, binaries
-
-        bin_dir = binaries()
-        if bin_dir is None:
-            sys.exit("PostgreSQL is not installed: apt-get install postgresql, or pass --store-url")
-        server = PostgresServer(bin_dir, free_port())
-        url = server.new_database()
-    try:
-        with tempfile.TemporaryDirectory() as workdir:
-            result = trial(url, Path(workdir), args.notifications, args.workers, args.kill_at)
-    finally:
-        if server is not None:
-            server.stop()
+    with postgres(args.store_url) as url, tempfile.TemporaryDirectory() as workdir:
+        result = trial(url, Path(workdir), args.notifications, args.workers, args.kill_at)
     summary = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine_info(),
                "command": " ".join(["benchmarks/push_workers.py", *sys.argv[1:]]), **result}
     print(json.dumps(result))
