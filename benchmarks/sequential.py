@@ -39,7 +39,7 @@ from kairos.evaluation.metrics import mean_metrics, rank_metrics, target_rank
 from kairos.models import (EpochReport, SeqRecConfig, StepFeatures, TrainedModel, event_token, preset_config,
                            train_sequential)
 from kairos.store import ItemRecord
-from kairos.text.cache import EmbeddingCache
+from kairos.text.cache import SQLiteEmbeddingCache
 from kairos.text.compose import item_text, text_hash
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,7 +148,7 @@ def text_vectors(items: list[ItemRecord], index: dict[str, int], n_items: int) -
 
     settings = Settings()
     encoder = load_encoder()
-    cache = EmbeddingCache(settings.text_cache_dir / "embeddings.sqlite")
+    cache = SQLiteEmbeddingCache(settings.text_cache_dir / "embeddings.sqlite")
     texts = {index[i.item_id]: item_text(i, settings.item_text_template, tuple(settings.item_text_attributes))
              for i in items}
     texts = {k: t for k, t in texts.items() if t}

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import database_rows
 
 pytestmark = pytest.mark.e2e
 
@@ -108,6 +109,10 @@ def test_background_training_swaps_the_model_without_failing_a_request(server_fa
         assert ranked["ranking"]["sequential_version"] == version
         assert ranked["ranking_training"]["state"] == "succeeded" and ranked["training"]["version"] == version
         assert ranked["ranking"]["mode"] in ("learned", "fitted", "configured")
+    if server.env.get("KAIROS_STORE_URL"):  # on PostgreSQL every node can fetch both versions
+        stored = database_rows(server, "SELECT kind, version FROM model_versions")
+        assert {kind for kind, _ in stored} == {"sequential", "ranking"}
+        assert ("sequential", version) in stored
 
 
 def test_kairos_train_publishes_and_a_running_server_picks_it_up(server_factory: Any, tmp_path: Path) -> None:

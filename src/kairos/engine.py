@@ -288,7 +288,7 @@ class Engine:
         behaviour model served now; returns the ranking version served afterwards."""
         from kairos.ranking.model import RankingRegistry
 
-        registry = RankingRegistry(self.model_registry().root / "ranking")
+        registry = RankingRegistry.beside(self.model_registry())
         version = registry.current_version()
         served = self.ranking.version if self.ranking is not None else None
         if version is None or version == served:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from kairos.config import Settings
+from kairos.store import names_postgres
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS experiments (
@@ -63,7 +64,7 @@ class ExperimentDatabase(Protocol):
 
 def open_experiment_database(settings: Settings, path: Path) -> ExperimentDatabase:
     """PostgreSQL when the store is there, else the SQLite file at `path` (the store's)."""
-    if settings.store_url.startswith(("postgresql://", "postgres://")):
+    if names_postgres(settings.store_url):
         # psycopg only when asked for
         from kairos.experiments.postgres import PostgresExperimentDatabase
 

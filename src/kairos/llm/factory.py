@@ -17,8 +17,10 @@ def load_model(settings: Settings) -> LanguageModel | None:
                                      settings.llm_timeout_s)
     from kairos.llm.adapters import AdapterRegistry
     from kairos.llm.local import LocalModel
+    from kairos.store import shared_artefacts
     from kairos.training.pipeline import model_dir
 
-    adapter = (AdapterRegistry(model_dir(settings) / "llm").current()
+    shared = shared_artefacts(settings.store_url)
+    adapter = (AdapterRegistry(model_dir(settings) / "llm", shared=shared).current()
                if settings.llm_finetuned and settings.llm_path is None else None)
     return LocalModel(settings.llm_path, settings.llm_threads, adapter=adapter)

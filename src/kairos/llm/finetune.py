@@ -143,6 +143,7 @@ def train_adapter(engine: Engine, config: FinetuneConfig, quiet: bool = False, p
     in the registry (<model_dir>/llm); the report, with the version."""
     from kairos.llm.adapters import AdapterRegistry
     from kairos.llm.local import LocalModel
+    from kairos.store import shared_artefacts
     from kairos.training.pipeline import model_dir
 
     model = LocalModel(engine.settings.llm_path, threads=config.threads)
@@ -150,7 +151,8 @@ def train_adapter(engine: Engine, config: FinetuneConfig, quiet: bool = False, p
     peft_model, report = finetune(model, examples, config, quiet)
     version = time.strftime("llm-%Y%m%dT%H%M%S", time.gmtime()) + f"-{np.random.default_rng().integers(1 << 32):08x}"
     report = {**report, "created_at": time.time()}
-    registry = AdapterRegistry(model_dir(engine.settings, engine.store_path()) / "llm")
+    registry = AdapterRegistry(model_dir(engine.settings, engine.store_path()) / "llm",
+                               shared=shared_artefacts(engine.settings.store_url))
     with tempfile.TemporaryDirectory(dir=None) as scratch:
         built = Path(scratch) / version
         peft_model.save_pretrained(str(built), save_embedding_layers=False)

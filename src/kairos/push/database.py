@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from kairos.config import Settings
+from kairos.store import names_postgres
 
 
 class Cursor(Protocol):
@@ -43,7 +44,7 @@ class Connection(Protocol):
 
 def open_push_database(settings: Settings, path: Path) -> PushDatabase:
     """PostgreSQL when the store is there, else the SQLite file at `path` (the store's)."""
-    if settings.store_url.startswith(("postgresql://", "postgres://")):
+    if names_postgres(settings.store_url):
         # psycopg only when asked for
         from kairos.push.postgres import PostgresPushDatabase
 

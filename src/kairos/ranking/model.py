@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -28,7 +28,10 @@ from kairos.ranking.fusion import Fused
 from kairos.ranking.learned import LearnedRanker
 from kairos.sources.base import UserContext
 from kairos.state.online import OnlineState
-from kairos.training.registry import _write_atomically
+from kairos.training.registry import ModelRegistry, _write_atomically
+
+if TYPE_CHECKING:
+    from kairos.store.artefacts import PostgresArtefacts
 
 log = logging.getLogger(__name__)
 _REFUSED: set[str] = set()  # versions trained on other features, said once
@@ -78,11 +81,20 @@ def new_version() -> str:
 
 
 class RankingRegistry:
-    """<root>/<version>/{ranking.json, ranker.txt, als_items.npy, als.json}; <root>/CURRENT."""
+    """<root>/<version>/{ranking.json, ranker.txt, als_items.npy, als.json}; <root>/CURRENT.
+    Shared through PostgreSQL as the behaviour model's registry is (training/registry.py)."""
 
-    def __init__(self, root: Path, keep: int = 3) -> None:
+    KIND = "ranking"
+
+    def __init__(self, root: Path, keep: int = 3, shared: PostgresArtefacts | None = None) -> None:
         self.root = Path(root)
         self.keep = keep
+        self.shared = shared
+
+    @classmethod
+    def beside(cls, models: ModelRegistry) -> RankingRegistry:
+        """The ranking models trained for a behaviour model registry's versions."""
+        return cls(models.root / "ranking", shared=models.shared)
 
     def publish(self, model: RankingModel) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -98,11 +110,15 @@ class RankingRegistry:
         (tmp / META).write_text(json.dumps(meta, indent=1))
         final = self.root / model.version
         os.replace(tmp, final)
+        if self.shared is not None:
+            self.shared.publish(self.KIND, model.version, final, meta, self.keep)
         _write_atomically(self.root / CURRENT, model.version + "\n")
         self._prune()
         return final
 
     def current_version(self) -> str | None:
+        if self.shared is not None:
+            return self.shared.current(self.KIND)
         try:
             return (self.root / CURRENT).read_text().strip() or None
         except FileNotFoundError:
@@ -113,6 +129,8 @@ class RankingRegistry:
         if version is None:
             return None
         path = self.root / version
+        if not (path / META).exists() and self.shared is not None:
+            self.shared.fetch(self.KIND, version, self.root)
         meta = json.loads((path / META).read_text())
         if (path / "ranker.txt").exists() and meta.get("features_version", 1) != FEATURES_VERSION:
             if version in _REFUSED:
@@ -127,14 +145,17 @@ class RankingRegistry:
                             meta.get("sequential_version"), meta.get("report", {}))
 
     def versions(self) -> list[str]:
+        if self.shared is not None:
+            return [version for version, _ in self.shared.listed(self.KIND)]
         if not self.root.is_dir():
             return []
         return sorted((p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")
                        and (p / META).exists()), reverse=True)
 
     def _prune(self) -> None:
+        """This folder's old versions (the shared registry prunes its own on publish)."""
         current = self.current_version()
-        for old in self.versions()[self.keep:]:
+        for old in RankingRegistry(self.root, self.keep).versions()[self.keep:]:
             if old != current:
                 shutil.rmtree(self.root / old, ignore_errors=True)
 

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from kairos.store import names_postgres
+
 
 class LeaderLease:
     def __init__(self, path: Path) -> None:
@@ -87,7 +89,7 @@ class PostgresLease:
 
 def lease_for(store_url: str, db_path: Path) -> LeaderLease | PostgresLease:
     """PostgreSQL's lease when the log is there, else the file beside the database."""
-    if store_url.startswith(("postgresql://", "postgres://")):
+    if names_postgres(store_url):
         return PostgresLease(store_url)
     return LeaderLease.for_database(db_path)
 

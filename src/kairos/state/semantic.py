@@ -22,7 +22,7 @@ from kairos.config import Settings
 from kairos.index import VectorIndex
 from kairos.state.catalog import Catalog
 from kairos.store.base import EventRecord, ItemRecord
-from kairos.text.cache import EmbeddingCache
+from kairos.text.cache import SQLiteEmbeddingCache, open_embedding_cache
 from kairos.text.compose import item_text, text_hash
 
 if TYPE_CHECKING:
@@ -63,8 +63,8 @@ class SemanticState:
         self._encoder_factory = encoder_factory
         self._encoder: TextEncoder | None = None
         self._lock = threading.RLock()
-        self.db_cache = EmbeddingCache(db_path)
-        self.shared_cache = (EmbeddingCache(settings.text_cache_dir / "embeddings.sqlite")
+        self.db_cache = open_embedding_cache(settings.store_url, db_path)
+        self.shared_cache = (SQLiteEmbeddingCache(settings.text_cache_dir / "embeddings.sqlite")
                              if settings.shared_embedding_cache else None)
         self.item_hashes: dict[int, str] = {}
         self.profiles: dict[str, UserProfile] = {}

@@ -14,16 +14,33 @@ from kairos.store.sqlite import SQLiteStore
 
 if TYPE_CHECKING:
     from kairos.config import Settings
+    from kairos.store.artefacts import PostgresArtefacts
+
+
+def names_postgres(url: str) -> bool:
+    """Whether a KAIROS_STORE_URL names a PostgreSQL server (else the store is SQLite)."""
+    return url.startswith(("postgresql://", "postgres://"))
 
 
 def open_store(settings: Settings) -> Store:
     """The store the settings name: PostgreSQL for a postgresql:// KAIROS_STORE_URL, else
     the SQLite file KAIROS_DB_PATH."""
-    if settings.store_url.startswith(("postgresql://", "postgres://")):
+    if names_postgres(settings.store_url):
         from kairos.store.postgres import PostgresStore  # psycopg only when asked for
 
         return PostgresStore(settings.store_url)
     return SQLiteStore(settings.db_path, synchronous=settings.sqlite_synchronous)
 
 
-__all__ = ["EventRecord", "ItemRecord", "SQLiteStore", "Store", "UserRecord", "open_store"]
+
+def shared_artefacts(store_url: str) -> PostgresArtefacts | None:
+    """Model versions every node shares, in a PostgreSQL store; None for SQLite, whose
+    registries are their folders alone."""
+    if not names_postgres(store_url):
+        return None
+    from kairos.store.artefacts import PostgresArtefacts  # psycopg only when asked for
+
+    return PostgresArtefacts(store_url)
+
+
+__all__ = ["EventRecord", "ItemRecord", "SQLiteStore", "Store", "UserRecord", "names_postgres", "open_store", "shared_artefacts"]

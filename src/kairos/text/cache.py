@@ -1,9 +1,10 @@
-"""Embeddings are computed once: a SQLite table keyed by (model id, hash of the text).
+"""Embeddings are computed once: a table keyed by (model id, hash of the text).
 
 An item's composed text decides its hash, so an item is re-encoded only when its
 text or the model changes, and identical texts share one vector. The engine keeps
-one such table inside its database and, optionally, a machine-wide one in the
-text cache folder that temporary databases (tests, evaluation) share.
+one such table beside its log (in its SQLite database, or in PostgreSQL where every
+node shares it: text/postgres_cache.py) and, optionally, a machine-wide SQLite one in
+the text cache folder that temporary databases (tests, evaluation) share.
 """
 
 from __future__ import annotations
@@ -12,8 +13,11 @@ import sqlite3
 import threading
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
+
+from kairos.store import names_postgres
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS embeddings (
@@ -25,7 +29,25 @@ CREATE TABLE IF NOT EXISTS embeddings (
 """
 
 
-class EmbeddingCache:
+class EmbeddingCache(Protocol):
+    def get(self, model_id: str, hashes: Iterable[str]) -> dict[str, np.ndarray]: ...
+
+    def put(self, model_id: str, vectors: dict[str, np.ndarray]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def open_embedding_cache(store_url: str, path: Path) -> EmbeddingCache:
+    """The cache beside the log: in PostgreSQL for a postgresql:// store, else in the
+    SQLite file `path`."""
+    if names_postgres(store_url):  # psycopg is imported only then
+        from kairos.text.postgres_cache import PostgresEmbeddingCache
+
+        return PostgresEmbeddingCache(store_url)
+    return SQLiteEmbeddingCache(path)
+
+
+class SQLiteEmbeddingCache:
     def __init__(self, path: str | Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kairos.config import Settings
-from kairos.store import Store
+from kairos.store import Store, shared_artefacts
 from kairos.training.registry import ModelRegistry, RegisteredModel
 
 if TYPE_CHECKING:
@@ -40,7 +40,9 @@ def model_dir(settings: Settings, db_path: Path | None = None) -> Path:
 
 
 def registry(settings: Settings, db_path: Path | None = None) -> ModelRegistry:
-    return ModelRegistry(model_dir(settings, db_path), keep=settings.models_kept)
+    """The folder; with a PostgreSQL store, the versions every node shares as well."""
+    return ModelRegistry(model_dir(settings, db_path), keep=settings.models_kept,
+                         shared=shared_artefacts(settings.store_url))
 
 
 def choose_preset(settings: Settings, data: TrainingData) -> str:

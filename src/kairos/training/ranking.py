@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 
 def ranking_registry(engine: Engine) -> RankingRegistry:
-    return RankingRegistry(engine.model_registry().root / "ranking")
+    return RankingRegistry.beside(engine.model_registry())
 
 
 def train_ranking_for(engine: Engine, exclude_seen: bool = True, quiet: bool = True,

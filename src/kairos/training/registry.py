@@ -7,7 +7,9 @@
 
 A version is complete before CURRENT names it (written to a temporary name, then
 renamed), so a server that follows CURRENT never loads half a model, whichever
-process trained it.
+process trained it. With a PostgreSQL store (`shared`) the versions and the pointer live
+in the database as well (store/artefacts.py): the folder is then this node's copy, and
+a version trained on another node is fetched into it when first served.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from kairos.models import TrainedModel  # torch: imported when a model is loaded
+    from kairos.store.artefacts import PostgresArtefacts
 
 CURRENT = "CURRENT"
 TRAINING = "training.json"
+KIND = "sequential"  # this registry's versions among the shared ones
 
 
 @dataclass
@@ -40,26 +44,35 @@ class RegisteredModel:
 
 
 class ModelRegistry:
-    def __init__(self, root: Path, keep: int = 3) -> None:
+    def __init__(self, root: Path, keep: int = 3, shared: PostgresArtefacts | None = None) -> None:
         self.root = Path(root)
         self.keep = keep
+        self.shared = shared
 
     def publish(self, model: TrainedModel, item_ids: list[str], training: dict[str, Any]) -> Path:
         """Write the artefact, then point CURRENT at it; prune old versions."""
         self.root.mkdir(parents=True, exist_ok=True)
         path = model.save(self.root / model.version)
         _write_atomically(path / TRAINING, json.dumps({**training, "item_ids": item_ids}))
+        if self.shared is not None:
+            meta = json.loads((path / "config.json").read_text())
+            self.shared.publish(KIND, model.version, path, meta, self.keep)
         _write_atomically(self.root / CURRENT, model.version + "\n")
         self._prune()
         return path
 
     def activate(self, version: str) -> None:
         """Serve an earlier (or any complete) version: a rollback is one pointer write."""
+        if self.shared is not None:
+            self.shared.activate(KIND, version)
+            return
         if not (self.root / version / TRAINING).exists() or version.startswith("."):
             raise FileNotFoundError(f"model {version!r} is not in {self.root}")
         _write_atomically(self.root / CURRENT, version + "\n")
 
     def current_version(self) -> str | None:
+        if self.shared is not None:
+            return self.shared.current(KIND)
         try:
             version = (self.root / CURRENT).read_text().strip()
         except FileNotFoundError:
@@ -72,6 +85,8 @@ class ModelRegistry:
         if version is None:
             return None
         path = self.root / version
+        if not (path / TRAINING).exists() and self.shared is not None:
+            self.shared.fetch(KIND, version, self.root)
         if not (path / TRAINING).exists():
             raise FileNotFoundError(f"model {version!r} is not in {self.root}")
         from kairos.models import TrainedModel
@@ -85,6 +100,8 @@ class ModelRegistry:
 
     def versions(self) -> list[dict[str, Any]]:
         """Every complete version, newest first, with what its config.json says."""
+        if self.shared is not None:
+            return [describe(meta, version) for version, meta in self.shared.listed(KIND)]
         if not self.root.is_dir():
             return []
         found = []
@@ -94,8 +111,10 @@ class ModelRegistry:
         return sorted(found, key=lambda v: (v["created_at"] or "", v["version"]), reverse=True)
 
     def _prune(self) -> None:
+        """This folder's old versions (the shared registry prunes its own on publish)."""
         current = self.current_version()
-        for old in self.versions()[self.keep :]:
+        local = ModelRegistry(self.root, self.keep)
+        for old in local.versions()[self.keep :]:
             if old["version"] != current:
                 shutil.rmtree(self.root / old["version"], ignore_errors=True)
 
