@@ -42,6 +42,18 @@ def dataset(name: str) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def store_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """With KAIROS_TEST_BACKEND=postgres every test runs on a fresh PostgreSQL database:
+    Settings() read KAIROS_STORE_URL from the environment, so each engine, server and
+    `kairos` child process the test starts keeps its log, push, experiments, models and
+    embeddings there. Tests marked `sqlite_only` look inside the SQLite file itself."""
+    if os.environ.get("KAIROS_TEST_BACKEND") != "postgres" or request.node.get_closest_marker("sqlite_only"):
+        return "sqlite"
+    monkeypatch.setenv("KAIROS_STORE_URL", request.getfixturevalue("postgres_server").new_database())
+    return "postgres"
+
+
 @pytest.fixture
 def clock() -> SimulatedClock:
     return SimulatedClock(1_700_000_000.0)
@@ -178,8 +190,10 @@ def server_factory(request: pytest.FixtureRequest, tmp_path: Path,
         path = db_path or tmp_path / "server.db"
         if os.environ.get("KAIROS_TEST_BACKEND") == "postgres":
             databases = request.getfixturevalue("postgres_server").databases
-            if path not in databases:
-                databases[path] = request.getfixturevalue("postgres_server").new_database()
+            if path not in databases:  # the test's own database first, so its child processes agree
+                own = os.environ.get("KAIROS_STORE_URL")
+                databases[path] = (own if own and own not in databases.values()
+                                   else request.getfixturevalue("postgres_server").new_database())
             if not redis_url:
                 redis_url.append(request.getfixturevalue("redis_server").new_url())
             env = {"KAIROS_STORE_URL": databases[path], "KAIROS_REDIS_URL": redis_url[0], **(env or {})}

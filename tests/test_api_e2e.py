@@ -66,6 +66,25 @@ def test_ingest_then_recommend_reflects_the_event(server_factory: Any) -> None:
         assert "sku-7" not in [i["item_id"] for i in gone["items"]]
 
 
+def test_a_batch_retried_with_its_idempotency_key_is_stored_once(server_factory: Any) -> None:
+    server = server_factory()
+    with server.client() as client:
+        batch = {"events": trail("u1", ["sku-1", "sku-2", "sku-3"], T0)}
+        key = {"Idempotency-Key": "3f1c9a10-batch-1"}
+        first = client.post("/v1/events", json=batch, headers=key)
+        retried = client.post("/v1/events", json=batch, headers=key)
+        assert first.status_code == retried.status_code == 200
+        assert first.json() == retried.json() == {"accepted": 3}
+        other = client.post("/v1/events", json={"events": trail("u1", ["sku-4"], T0)}, headers=key)
+        assert other.status_code == 409 and other.json()["error"]["code"] == "idempotency_key_reused"
+        assert other.json()["error"]["details"][0]["field"] == "Idempotency-Key"
+        bad = client.post("/v1/events", json=batch, headers={"Idempotency-Key": "two words"})
+        assert bad.status_code == 422 and bad.json()["error"]["details"][0]["field"] == "Idempotency-Key"
+        assert client.post("/v1/events", json=batch).status_code == 200  # without a key: stored again
+        assert database_rows(server, "SELECT count(*) FROM events") == [(6,)]
+        assert len(client.get("/v1/users/u1").json()["recent"]) == 6
+
+
 def test_curl_style_form_body_is_read_as_json(server_factory: Any) -> None:
     server = server_factory()
     with server.client() as client:

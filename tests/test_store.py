@@ -5,7 +5,16 @@ from pathlib import Path
 
 import pytest
 
-from kairos.store import EventRecord, ItemRecord, SQLiteStore, Store, UserRecord
+from kairos.store import (
+    AlreadyAppended,
+    BatchKey,
+    EventRecord,
+    ItemRecord,
+    KeyReused,
+    SQLiteStore,
+    Store,
+    UserRecord,
+)
 from kairos.store.base import forget_digest
 
 OpenStore = Callable[[], Store]
@@ -32,6 +41,21 @@ def test_events_round_trip_in_acknowledgement_order(open_store: OpenStore) -> No
     assert store.count_events() == 3
     assert store.get_item("b") == ItemRecord("b", created_at=10.0)
     store.close()
+
+
+def test_a_batch_with_a_stored_key_is_not_appended_again(open_store: OpenStore) -> None:
+    store, again = open_store(), open_store()  # a retry may reach another process
+    batch = [EventRecord("u1", "a", "view", 1.0), EventRecord("u2", "a", "click", 2.0)]
+    position = store.append_events(batch, [ItemRecord("a", created_at=1.0)], BatchKey("k-1", "digest-1"))
+    with pytest.raises(AlreadyAppended) as replay:
+        again.append_events(batch, [], BatchKey("k-1", "digest-1"))
+    assert (replay.value.accepted, replay.value.position) == (2, position)
+    with pytest.raises(KeyReused):
+        again.append_events(batch[:1], [], BatchKey("k-1", "digest-2"))
+    again.append_events(batch[:1], [], BatchKey("k-2", "digest-2"))
+    assert store.count_events() == 3
+    store.close()
+    again.close()
 
 
 def test_a_failing_batch_stores_nothing(open_store: OpenStore) -> None:

@@ -53,7 +53,7 @@ from kairos.sources.sequential import ServedSequential
 from kairos.state import Catalog, OnlineState
 from kairos.state.semantic import SemanticState
 from kairos.store import EventRecord, ItemRecord, Store, UserRecord, open_store
-from kairos.store.base import forget_digest
+from kairos.store.base import BatchKey, forget_digest
 from kairos.training.pipeline import registry as model_registry
 from kairos.training.registry import ModelRegistry, RegisteredModel
 
@@ -329,8 +329,8 @@ class Engine:
 
     # -- the ingest path (ingest/writer.py) ----------------------------------------------
 
-    def ingest(self, events: Sequence[Event]) -> int:
-        return self.writer.ingest(events)
+    def ingest(self, events: Sequence[Event], key: BatchKey | None = None) -> int:
+        return self.writer.ingest(events, key)
 
     def ingest_records(self, records: Sequence[EventRecord]) -> int:
         return self.writer.ingest_records(records)

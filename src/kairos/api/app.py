@@ -1,6 +1,7 @@
 """The FastAPI app factory. The contract of /v1 is fixed: extend it, don't change it."""
 
 import asyncio
+import hashlib
 import logging
 import os
 from collections import Counter
@@ -8,7 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
-from fastapi import Body, Depends, FastAPI, Query, Request
+from fastapi import Body, Depends, FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
@@ -49,7 +50,7 @@ from kairos.schema import (
     UserFields,
     UserView,
 )
-from kairos.store import ItemRecord
+from kairos.store import BatchKey, ItemRecord, KeyReused
 from kairos.training.background import ModelManager, TrainingInProgress
 from kairos.training.pipeline import check_overrides
 
@@ -239,8 +240,15 @@ def create_app(engine: Engine, manage_models: bool = True, push: bool | None = N
 
     # -- events ---------------------------------------------------------------------------
 
-    @app.post("/v1/events", response_model=Accepted, tags=["events"])
-    def post_events(batch: EventBatch, engine: EngineDep) -> Accepted:
+    @app.post("/v1/events", response_model=Accepted, tags=["events"],
+              responses={409: {"description": "The Idempotency-Key came before with another batch."}})
+    def post_events(
+        batch: EventBatch, engine: EngineDep,
+        idempotency_key: Annotated[str | None, Header(
+            alias="Idempotency-Key", min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$",
+            description="Any unique string (a UUID): a batch retried with its key is stored once, "
+                        "for 24 hours; the retry gets the first answer.")] = None,
+    ) -> Any:
         """Store a batch of events durably and update online state. All or nothing: one
         invalid event rejects the batch with 422 naming its index and field."""
         events = batch.events
@@ -248,7 +256,15 @@ def create_app(engine: Engine, manage_models: bool = True, push: bool | None = N
             events = [event.model_copy(update={"user_id": ids.user(event.user_id)}) for event in events]
         if user_events is not None:
             user_events.take(event.user_id for event in events)
-        accepted = engine.ingest(events)
+        key = None
+        if idempotency_key is not None:
+            digest = hashlib.sha256(batch.model_dump_json().encode("utf-8")).hexdigest()
+            key = BatchKey(idempotency_key, digest)
+        try:
+            accepted = engine.ingest(events, key)
+        except KeyReused as error:
+            return JSONResponse(error_body("idempotency_key_reused", str(error),
+                                           [{"field": "Idempotency-Key", "message": str(error)}]), status_code=409)
         for kind, count in Counter(event.type.value for event in batch.events).items():
             metrics.events.labels(kind).inc(count)
         return Accepted(accepted=accepted)

@@ -9,7 +9,7 @@ from kairos.errors import NotFound
 from kairos.ingest.target import WriteTarget
 from kairos.replica.follower import Caught
 from kairos.schema import Event, Item, ItemFields, User
-from kairos.store import EventRecord, ItemRecord, UserRecord
+from kairos.store import AlreadyAppended, BatchKey, EventRecord, ItemRecord, UserRecord
 
 
 def records_from(events: Iterable[Event], now: float) -> list[EventRecord]:
@@ -26,11 +26,16 @@ class Writer:
     def __init__(self, target: WriteTarget) -> None:
         self.target = target
 
-    def ingest(self, events: Sequence[Event]) -> int:
-        """Store a validated batch durably, then update the online state. All or nothing."""
-        return self.ingest_records(records_from(events, self.target.clock.now()))
+    def ingest(self, events: Sequence[Event], key: BatchKey | None = None) -> int:
+        """Store a validated batch durably, then update the online state. All or nothing.
+        A batch sent again with its key is stored once: the count it was acknowledged with
+        is returned (KeyReused when the key came with another batch)."""
+        try:
+            return self.ingest_records(records_from(events, self.target.clock.now()), key)
+        except AlreadyAppended as replay:
+            return replay.accepted
 
-    def ingest_records(self, records: Sequence[EventRecord]) -> int:
+    def ingest_records(self, records: Sequence[EventRecord], key: BatchKey | None = None) -> int:
         """Like `ingest` for records already validated (importers, replay). An event's
         unknown item is stored with it, bare (its text may come later)."""
         if not records:
@@ -43,7 +48,7 @@ class Writer:
         # The store serialises writes itself: the state's lock (which reads take) is held
         # for applying only, not while the commit waits for the disk. A batch that another
         # thread's catch-up applied first is not applied twice (the follower's positions).
-        last = target.store.append_events(records, list(bare.values()))
+        last = target.store.append_events(records, list(bare.values()), key)
         caught = target.follower.appended(records, last)
         target.tell(caught)
         return len(records)

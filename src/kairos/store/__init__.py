@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from kairos.store.base import EventRecord, ItemRecord, Store, UserRecord
+from kairos.store.base import (
+    AlreadyAppended,
+    BatchKey,
+    EventRecord,
+    ItemRecord,
+    KeyReused,
+    Store,
+    UserRecord,
+)
 from kairos.store.sqlite import SQLiteStore
 
 if TYPE_CHECKING:
@@ -32,7 +40,6 @@ def open_store(settings: Settings) -> Store:
     return SQLiteStore(settings.db_path, synchronous=settings.sqlite_synchronous)
 
 
-
 def shared_artefacts(store_url: str) -> PostgresArtefacts | None:
     """Model versions every node shares, in a PostgreSQL store; None for SQLite, whose
     registries are their folders alone."""
@@ -43,4 +50,4 @@ def shared_artefacts(store_url: str) -> PostgresArtefacts | None:
     return PostgresArtefacts(store_url)
 
 
-__all__ = ["EventRecord", "ItemRecord", "SQLiteStore", "Store", "UserRecord", "names_postgres", "open_store", "shared_artefacts"]
+__all__ = ["AlreadyAppended", "BatchKey", "EventRecord", "ItemRecord", "KeyReused", "SQLiteStore", "Store", "UserRecord", "names_postgres", "open_store", "shared_artefacts"]

@@ -38,6 +38,41 @@ class UserRecord:
     created_at: float = 0.0
 
 
+KEYS_KEPT_S = 24 * 3600.0  # how long a batch's idempotency key answers a retry
+
+
+@dataclass(frozen=True, slots=True)
+class BatchKey:
+    """A client's Idempotency-Key for one batch of events, and a digest of the batch it
+    came with: the same key with another batch is an error, not a replay."""
+
+    key: str
+    digest: str
+
+
+class AlreadyAppended(Exception):
+    """The batch's key was stored before: its events are in the log, none were added now."""
+
+    def __init__(self, accepted: int, position: int) -> None:
+        super().__init__(f"already appended ({accepted} events, up to position {position})")
+        self.accepted = accepted
+        self.position = position
+
+
+class KeyReused(Exception):
+    """An idempotency key sent again with a different batch."""
+
+
+def check_key(stored: tuple[Any, ...] | None, key: BatchKey) -> None:
+    """Raise for a key stored before: a replay (AlreadyAppended) or a reuse (KeyReused)."""
+    if stored is None:
+        return
+    digest, accepted, position = stored
+    if digest != key.digest:
+        raise KeyReused(f"Idempotency-Key {key.key!r} was sent before with a different batch")
+    raise AlreadyAppended(int(accepted), int(position))
+
+
 def forget_digest(user_id: str) -> str:
     """How the change feed names a forgotten user (replicas hash the ids they hold)."""
     return hashlib.sha256(b"kairos-forget\0" + user_id.encode("utf-8")).hexdigest()[:32]
@@ -49,9 +84,13 @@ class Store(Protocol):
     Every change to items and users is also recorded in a change feed (`changes_after`):
     a replica that follows the log re-reads what changed, so any process may write."""
 
-    def append_events(self, events: Sequence[EventRecord], bare_items: Sequence[ItemRecord]) -> int:
+    def append_events(self, events: Sequence[EventRecord], bare_items: Sequence[ItemRecord],
+                      key: BatchKey | None = None) -> int:
         """Store events (and the bare items their unknown ids create) in one transaction;
-        returns the log position of the last one (the batch holds the positions below it)."""
+        returns the log position of the last one (the batch holds the positions below it).
+        With a key, the key is stored in the same transaction (kept KEYS_KEPT_S): a batch
+        whose key is stored already raises AlreadyAppended and adds nothing, one whose key
+        came with another batch raises KeyReused."""
         ...
 
     def iter_events(self, batch_size: int = 10_000) -> Iterator[list[EventRecord]]:

@@ -10,6 +10,7 @@ Schema changes are numbered SQL applied in order and recorded in `kairos_schema`
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Any
@@ -17,7 +18,15 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from kairos.store.base import EventRecord, ItemRecord, UserRecord, forget_digest
+from kairos.store.base import (
+    KEYS_KEPT_S,
+    BatchKey,
+    EventRecord,
+    ItemRecord,
+    UserRecord,
+    check_key,
+    forget_digest,
+)
 from kairos.store.migrations import migrate
 
 WRITE_LOCK = 0x6B6169726F73  # "kairos": the one advisory lock every write takes
@@ -60,6 +69,17 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (kind, key)
     );
     """,
+    # 2: idempotency keys of event batches, written in the batch's transaction
+    """
+    CREATE TABLE batch_keys (
+        key        TEXT PRIMARY KEY,
+        digest     TEXT NOT NULL,
+        accepted   INTEGER NOT NULL,
+        position   BIGINT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX batch_keys_by_age ON batch_keys (created_at);
+    """,
 ]
 
 _EVENT_COLUMNS = "user_id, item_id, type, ts, value, context"
@@ -92,13 +112,17 @@ class PostgresStore:
 
     # -- events ---------------------------------------------------------------------------
 
-    def append_events(self, events: Sequence[EventRecord], bare_items: Sequence[ItemRecord]) -> int:
+    def append_events(self, events: Sequence[EventRecord], bare_items: Sequence[ItemRecord],
+                      key: BatchKey | None = None) -> int:
         # One statement per batch (arrays unnested server-side, in order): a row per
         # statement costs a round trip each.
         columns = ([e.user_id for e in events], [e.item_id for e in events], [str(e.type) for e in events],
                    [e.timestamp for e in events], [e.value for e in events],
                    [Jsonb(e.context) if e.context else None for e in events])
         with self._lock, self._write() as cursor:
+            if key is not None:  # the write lock is held: no other batch with this key commits meanwhile
+                check_key(cursor.execute("SELECT digest, accepted, position FROM batch_keys WHERE key = %s",
+                                         (key.key,)).fetchone(), key)
             if bare_items:
                 cursor.execute("INSERT INTO items (item_id, created_at) "
                                "SELECT * FROM unnest(%s::text[], %s::float8[]) ON CONFLICT (item_id) DO NOTHING",
@@ -107,7 +131,13 @@ class PostgresStore:
                            "%s::text[], "
                            "%s::text[], %s::float8[], %s::float8[], %s::jsonb[]) WITH ORDINALITY AS batch("
                            f"{_EVENT_COLUMNS}, n) ORDER BY n", columns)
-            return self._last_event_id(cursor)
+            position = self._last_event_id(cursor)
+            if key is not None:
+                now = time.time()
+                cursor.execute("INSERT INTO batch_keys (key, digest, accepted, position, created_at) "
+                               "VALUES (%s, %s, %s, %s, %s)", (key.key, key.digest, len(events), position, now))
+                cursor.execute("DELETE FROM batch_keys WHERE created_at < %s", (now - KEYS_KEPT_S,))
+            return position
 
     def iter_events(self, batch_size: int = 10_000) -> Iterator[list[EventRecord]]:
         position = 0

@@ -5,13 +5,23 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from kairos.store.base import EventRecord, ItemRecord, UserRecord, forget_digest
+from kairos.store.base import (
+    KEYS_KEPT_S,
+    BatchKey,
+    EventRecord,
+    ItemRecord,
+    UserRecord,
+    check_key,
+    forget_digest,
+)
 
-SCHEMA_VERSION = 1  # PRAGMA user_version: 1 = log positions never reused, a change feed
+# PRAGMA user_version: 1 = log positions never reused, a change feed; 2 = batch keys
+SCHEMA_VERSION = 2
 
 _EVENT_COLUMNS = """(
     id        INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -47,6 +57,14 @@ CREATE TABLE IF NOT EXISTS changes (
     key  TEXT NOT NULL,
     UNIQUE (kind, key)
 );
+CREATE TABLE IF NOT EXISTS batch_keys (
+    key        TEXT PRIMARY KEY,
+    digest     TEXT NOT NULL,
+    accepted   INTEGER NOT NULL,
+    position   INTEGER NOT NULL,
+    created_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS batch_keys_by_age ON batch_keys (created_at);
 """
 
 # A log position must never be handed out twice: a replica that has read up to N skips
@@ -145,13 +163,17 @@ class SQLiteStore:
 
     # -- events ---------------------------------------------------------------------------
 
-    def append_events(self, events: Sequence[EventRecord], bare_items: Sequence[ItemRecord]) -> int:
+    def append_events(self, events: Sequence[EventRecord], bare_items: Sequence[ItemRecord],
+                      key: BatchKey | None = None) -> int:
         rows = [
             (e.user_id, e.item_id, str(e.type), e.timestamp, e.value,
              _json(e.context) if e.context else None)
             for e in events
         ]
         with self._lock, self._transaction():
+            if key is not None:
+                check_key(self._db.execute("SELECT digest, accepted, position FROM batch_keys WHERE key = ?",
+                                            (key.key,)).fetchone(), key)
             if bare_items:
                 self._db.executemany(
                     "INSERT OR IGNORE INTO items (item_id, created_at) VALUES (?, ?)",
@@ -163,7 +185,13 @@ class SQLiteStore:
                 rows,
             )
             # The write lock is held: the batch took the positions just below this one.
-            return self._last_rowid("events")
+            position = self._last_rowid("events")
+            if key is not None:
+                now = time.time()
+                self._db.execute("INSERT INTO batch_keys (key, digest, accepted, position, created_at) "
+                                 "VALUES (?, ?, ?, ?, ?)", (key.key, key.digest, len(rows), position, now))
+                self._db.execute("DELETE FROM batch_keys WHERE created_at < ?", (now - KEYS_KEPT_S,))
+            return position
 
     def iter_events(self, batch_size: int = 10_000) -> Iterator[list[EventRecord]]:
         last_id = 0
