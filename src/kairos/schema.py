@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -103,7 +103,7 @@ def parse_timestamp(value: Any) -> float:
     else:
         raise ValueError("must be epoch seconds or an ISO 8601 string")
     if moment.tzinfo is None:  # naive times are read as UTC, as documented
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return parse_timestamp(moment.timestamp())
 
 
@@ -248,3 +248,58 @@ class SimilarItems(BaseModel):
     items: list[RecommendedItem]
     model_version: str
     request_id: str
+
+
+class Health(BaseModel):
+    """GET /healthz: what this process serves and where it stands."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+    status: Literal["ok"]
+    items: int
+    available_items: int
+    users: int
+    events: int
+    rebuild_seconds: float
+    started_from: str | None = None
+    model_version: str
+    process: int
+    leader: bool
+    log_position: int
+
+
+class Accepted(BaseModel):
+    accepted: int
+
+
+class ItemOut(BaseModel):
+    item_id: str
+    title: str
+    text: str
+    categories: list[str]
+    attributes: dict[str, Any]
+    created_at: float
+    available: bool
+
+
+class ItemsUpserted(BaseModel):
+    upserted: int
+
+
+class Forgotten(BaseModel):
+    user_id: str
+    events_deleted: int
+
+
+class TrainRequest(BaseModel):
+    """Optional SeqRecConfig fields over the preset, e.g. {"config": {"width": 128}}."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    config: dict[str, Any] = {}
+
+
+class ActivateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

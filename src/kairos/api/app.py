@@ -12,7 +12,6 @@ from typing import Annotated, Any, Literal
 from fastapi import Body, Depends, FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
 
 from kairos import __version__
 from kairos.api.auth import AuthMiddleware, KeyFile, parse_keys
@@ -40,12 +39,19 @@ from kairos.replica.follower import FollowLoop
 from kairos.replica.leader import Candidacy, lease_for
 from kairos.replica.snapshot import Snapshotter
 from kairos.schema import (
+    Accepted,
+    ActivateRequest,
     EventBatch,
+    Forgotten,
+    Health,
     ItemBatch,
     ItemFields,
+    ItemOut,
+    ItemsUpserted,
     Recommendations,
     SearchResults,
     SimilarItems,
+    TrainRequest,
     User,
     UserFields,
     UserView,
@@ -53,6 +59,7 @@ from kairos.schema import (
 from kairos.store import BatchKey, ItemRecord, KeyReused
 from kairos.training.background import ModelManager, TrainingInProgress
 from kairos.training.pipeline import check_overrides
+from kairos.training.status import ModelsStatus, TrainingStarted
 
 log = logging.getLogger(__name__)
 
@@ -64,49 +71,9 @@ def get_engine(request: Request) -> Engine:
 EngineDep = Annotated[Engine, Depends(get_engine)]
 
 
-class Accepted(BaseModel):
-    accepted: int
-
-
-class ItemOut(BaseModel):
-    item_id: str
-    title: str
-    text: str
-    categories: list[str]
-    attributes: dict[str, Any]
-    created_at: float
-    available: bool
-
-    @classmethod
-    def of(cls, record: ItemRecord) -> "ItemOut":
-        return cls(
-            item_id=record.item_id, title=record.title, text=record.text,
-            categories=record.categories, attributes=record.attributes,
-            created_at=record.created_at, available=record.available,
-        )
-
-
-class ItemsUpserted(BaseModel):
-    upserted: int
-
-
-class Forgotten(BaseModel):
-    user_id: str
-    events_deleted: int
-
-
-class TrainRequest(BaseModel):
-    """Optional SeqRecConfig fields over the preset, e.g. {"config": {"width": 128}}."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    config: dict[str, Any] = {}
-
-
-class ActivateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    version: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+def item_out(record: ItemRecord) -> ItemOut:
+    return ItemOut(item_id=record.item_id, title=record.title, text=record.text, categories=record.categories,
+                   attributes=record.attributes, created_at=record.created_at, available=record.available)
 
 
 def create_app(engine: Engine, manage_models: bool = True, push: bool | None = None,
@@ -273,7 +240,7 @@ def create_app(engine: Engine, manage_models: bool = True, push: bool | None = N
 
     @app.put("/v1/items/{item_id}", response_model=ItemOut, tags=["items"])
     def put_item(item_id: ItemId, fields: ItemFields, engine: EngineDep) -> ItemOut:
-        return ItemOut.of(engine.upsert_item(item_id, fields))
+        return item_out(engine.upsert_item(item_id, fields))
 
     @app.post("/v1/items", response_model=ItemsUpserted, tags=["items"])
     def post_items(batch: ItemBatch, engine: EngineDep) -> ItemsUpserted:
@@ -281,12 +248,12 @@ def create_app(engine: Engine, manage_models: bool = True, push: bool | None = N
 
     @app.get("/v1/items/{item_id}", response_model=ItemOut, tags=["items"])
     async def get_item(item_id: ItemId, engine: EngineDep) -> ItemOut:
-        return ItemOut.of(engine.get_item(item_id))
+        return item_out(engine.get_item(item_id))
 
     @app.delete("/v1/items/{item_id}", response_model=ItemOut, tags=["items"])
     def delete_item(item_id: ItemId, engine: EngineDep) -> ItemOut:
         """Mark the item unavailable: it keeps its history, it is never recommended."""
-        return ItemOut.of(engine.delete_item(item_id))
+        return item_out(engine.delete_item(item_id))
 
     @app.get("/v1/items/{item_id}/similar", response_model=SimilarItems, tags=["items"])
     async def similar_items(
@@ -370,7 +337,7 @@ def create_app(engine: Engine, manage_models: bool = True, push: bool | None = N
 
     # -- models ---------------------------------------------------------------------------
 
-    @app.get("/v1/models", tags=["models"])
+    @app.get("/v1/models", tags=["models"], response_model=ModelsStatus)
     def get_models() -> dict[str, Any]:
         """The model serving now (`model_version` as in every response), the background
         training job if any (state, latest epoch, log tail), the registry's versions, and
@@ -378,7 +345,7 @@ def create_app(engine: Engine, manage_models: bool = True, push: bool | None = N
         return {**manager.status(), "language_model": llm_service.status() if llm_service is not None
                 else {"backend": "off"}}
 
-    @app.post("/v1/models/train", tags=["models"], status_code=202)
+    @app.post("/v1/models/train", tags=["models"], status_code=202, response_model=TrainingStarted)
     def train_model(request: TrainRequest | None = None) -> Any:
         """Train the sequential model in a background process on the event log; the
         engine swaps to the new version when it is published. 409 while one runs."""
@@ -394,7 +361,7 @@ def create_app(engine: Engine, manage_models: bool = True, push: bool | None = N
             return JSONResponse(error_body("training_in_progress", str(error)), status_code=409)
         return {"training": job.to_json()}
 
-    @app.post("/v1/models/activate", tags=["models"])
+    @app.post("/v1/models/activate", tags=["models"], response_model=ModelsStatus)
     def activate_model(request: ActivateRequest, engine: EngineDep) -> dict[str, Any]:
         """Serve another version of the registry (a rollback); the swap is atomic."""
         try:
@@ -411,7 +378,7 @@ def create_app(engine: Engine, manage_models: bool = True, push: bool | None = N
 
     # -- operations -----------------------------------------------------------------------
 
-    @app.get("/healthz", tags=["operations"])
+    @app.get("/healthz", tags=["operations"], response_model=Health)
     async def healthz(engine: EngineDep) -> dict[str, Any]:
         """Counts of what this process serves, and where it stands: its process id, whether
         it leads (trains, decides push) and its position in the log."""

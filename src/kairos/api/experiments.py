@@ -9,7 +9,13 @@ from fastapi.responses import JSONResponse
 
 from kairos.api.errors import error_body
 from kairos.engine import NotFound
-from kairos.experiments.schema import ExperimentSpec, StopRequest
+from kairos.experiments.schema import (
+    Experiment,
+    ExperimentList,
+    ExperimentReport,
+    ExperimentSpec,
+    StopRequest,
+)
 from kairos.experiments.service import ExperimentConflict, ExperimentService, UnknownArm
 
 ExperimentIdPath = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
@@ -25,7 +31,7 @@ ExperimentsDep = Annotated[ExperimentService, Depends(get_experiments)]
 def experiments_router() -> APIRouter:
     router = APIRouter(tags=["experiments"])
 
-    @router.post("/v1/experiments", status_code=201)
+    @router.post("/v1/experiments", status_code=201, response_model=Experiment)
     def create_experiment(spec: ExperimentSpec, experiments: ExperimentsDep) -> Any:
         """Start an experiment: from now on each user is in one arm (a stable hash of
         experiment and user) and gets that arm's config. One runs at a time (409)."""
@@ -34,11 +40,11 @@ def experiments_router() -> APIRouter:
         except ExperimentConflict as error:
             return JSONResponse(error_body("conflict", str(error), {"field": "id"}), status_code=409)
 
-    @router.get("/v1/experiments")
+    @router.get("/v1/experiments", response_model=ExperimentList)
     def list_experiments(experiments: ExperimentsDep) -> dict[str, Any]:
         return {"experiments": experiments.list()}
 
-    @router.get("/v1/experiments/{experiment_id}")
+    @router.get("/v1/experiments/{experiment_id}", response_model=ExperimentReport)
     def get_experiment(experiment_id: ExperimentIdPath, experiments: ExperimentsDep) -> dict[str, Any]:
         """The experiment with, per arm, users, requests, impressions, conversions, the rate
         and its 95% interval, the difference from the first arm with its interval and
@@ -48,7 +54,7 @@ def experiments_router() -> APIRouter:
         except KeyError:
             raise NotFound("experiment", experiment_id) from None
 
-    @router.post("/v1/experiments/{experiment_id}/stop")
+    @router.post("/v1/experiments/{experiment_id}/stop", response_model=ExperimentReport)
     def stop_experiment(experiment_id: ExperimentIdPath, experiments: ExperimentsDep,
                         request: StopRequest | None = None) -> Any:
         """Stop assigning; with a `winner`, every request gets that arm's config from now on."""

@@ -8,7 +8,6 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 from sse_starlette.sse import EventSourceResponse
 
 from kairos.api.errors import error_body
@@ -18,12 +17,14 @@ from kairos.pseudonyms import Pseudonyms
 from kairos.push.schema import (
     Campaign,
     CampaignRequest,
+    ChannelsOut,
     EffectivePreferences,
     Feedback,
     Notification,
     NotificationList,
     PreviewEntry,
     PushPreferences,
+    PushStats,
     Status,
     WebhookConfig,
 )
@@ -31,12 +32,6 @@ from kairos.push.service import NotDelivered, PushService
 
 CAMPAIGN_WAIT_S = 10.0  # how long POST /v1/push/campaigns waits for the audience to be decided
 STREAM_PING_S = 15
-
-
-class ChannelsOut(BaseModel):
-    webhook: dict[str, Any] | None
-    email: dict[str, Any] | None
-    inbox: dict[str, Any]
 
 
 def get_push(request: Request) -> PushService:
@@ -137,7 +132,7 @@ def push_router(max_n: int, ids: Pseudonyms) -> APIRouter:
             raise NotFound("item", item_id)
         return push.preview(item_id, n)
 
-    @router.get("/v1/push/stats", tags=["push"])
+    @router.get("/v1/push/stats", tags=["push"], response_model=PushStats)
     def stats(push: PushDep) -> dict[str, Any]:
         """Counts by status, type, channel and suppression reason; delivery and decision
         latency; open and click rates; the calibration in use."""

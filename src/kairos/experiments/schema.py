@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -62,3 +62,43 @@ class StopRequest(BaseModel):
 
     winner: str | None = Field(default=None, min_length=1, max_length=64,
                                description="An arm whose config every request gets from now on.")
+
+
+class Experiment(ExperimentSpec):
+    """An experiment as the API shows it: its spec and where it stands."""
+
+    model_config = ConfigDict(extra="allow")
+
+    status: Literal["running", "stopped"]
+    created_at: float
+    stopped_at: float | None = None
+    winner: str | None = None
+
+
+class ArmReport(BaseModel):
+    """One arm's counts and conversion rate (conversions per impression, 95% interval);
+    the arms after the first also carry `vs_<first arm>`: the difference, its interval
+    and p-value."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    traffic: float
+    config: dict[str, Any]
+    users: int
+    requests: int
+    impressions: int
+    conversions: int
+    rate: float
+    rate_low: float
+    rate_high: float
+
+
+class ExperimentReport(Experiment):
+    arms: list[ArmReport]  # type: ignore[assignment]  # the spec's arms, with their statistics
+    control: str
+    sample_ratio: dict[str, Any] = Field(description="chi2, p_value, mismatch: users per arm against traffic.")
+
+
+class ExperimentList(BaseModel):
+    experiments: list[Experiment]

@@ -226,3 +226,35 @@ class PreviewEntry(BaseModel):
     decision: str = Field(description="What the policy would do: scheduled, or the suppression reason.")
     due_at: float | None = None
     channel: str | None = None
+
+
+class PushStats(BaseModel):
+    """GET /v1/push/stats: what the outbox holds and how it went."""
+
+    model_config = ConfigDict(extra="allow")
+
+    by_status: dict[str, int]
+    suppressed: dict[str, int] = Field(description="Notifications not sent, by reason (cap, quiet, consent...).")
+    by_type: dict[str, int]
+    by_channel: dict[str, int]
+    opened: int
+    clicked: int
+    dismissed: int
+    open_rate: float | None = None
+    click_rate: float | None = None
+    delivery_latency: dict[str, float | None] = Field(description="Seconds from due to delivered: "
+                                                      "p50_s, p99_s, mean_s, n.")
+    decision_latency: dict[str, dict[str, float]] = Field(description="Seconds from trigger to decision, "
+                                                          "by trigger kind.")
+    triggers: dict[str, dict[str, int]]
+    skipped: dict[str, int]
+    calibration: dict[str, Any]
+    user_vectors: dict[str, int]
+    webhook_configured: bool
+    email_configured: bool
+
+
+class ChannelsOut(BaseModel):
+    webhook: dict[str, Any] | None
+    email: dict[str, Any] | None
+    inbox: dict[str, Any]
