@@ -24,7 +24,7 @@ serve: setup
 
 # Every test that starts a server, again with the log, push, experiments and models on PostgreSQL
 # and rate limits on Redis (both started by the tests; skipped, saying why, without them).
-SERVER_TESTS = tests/test_api_e2e.py tests/test_experiments_e2e.py tests/test_push_e2e.py \
+SERVER_TESTS = tests/test_api_e2e.py tests/test_client_e2e.py tests/test_experiments_e2e.py tests/test_push_e2e.py \
 	tests/test_security_e2e.py tests/test_workers_e2e.py \
 	tests/test_models_e2e.py::test_background_training_swaps_the_model_without_failing_a_request
 
