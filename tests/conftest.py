@@ -44,13 +44,16 @@ def dataset(name: str) -> Path:
 
 @pytest.fixture(autouse=True)
 def store_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """With KAIROS_TEST_BACKEND=postgres every test runs on a fresh PostgreSQL database:
-    Settings() read KAIROS_STORE_URL from the environment, so each engine, server and
-    `kairos` child process the test starts keeps its log, push, experiments, models and
-    embeddings there. Tests marked `sqlite_only` look inside the SQLite file itself."""
+    """With KAIROS_TEST_BACKEND=postgres every test runs on a fresh PostgreSQL database and
+    an emptied Redis: Settings() read KAIROS_STORE_URL and KAIROS_REDIS_URL from the
+    environment, so each engine, server and `kairos` child process the test starts keeps
+    its log, push, experiments, models and embeddings in PostgreSQL and its rate limits
+    and language-model lists in Redis. Tests marked `sqlite_only` look inside the SQLite
+    file itself."""
     if os.environ.get("KAIROS_TEST_BACKEND") != "postgres" or request.node.get_closest_marker("sqlite_only"):
         return "sqlite"
     monkeypatch.setenv("KAIROS_STORE_URL", request.getfixturevalue("postgres_server").new_database())
+    monkeypatch.setenv("KAIROS_REDIS_URL", request.getfixturevalue("redis_server").new_url())
     return "postgres"
 
 
@@ -195,7 +198,7 @@ def server_factory(request: pytest.FixtureRequest, tmp_path: Path,
                 databases[path] = (own if own and own not in databases.values()
                                    else request.getfixturevalue("postgres_server").new_database())
             if not redis_url:
-                redis_url.append(request.getfixturevalue("redis_server").new_url())
+                redis_url.append(os.environ.get("KAIROS_REDIS_URL") or request.getfixturevalue("redis_server").new_url())
             env = {"KAIROS_STORE_URL": databases[path], "KAIROS_REDIS_URL": redis_url[0], **(env or {})}
         server = Server(path, env).start()
         started.append(server)

@@ -9,7 +9,11 @@ from typing import Any, Literal
 
 import platformdirs
 from pydantic import Field
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from kairos.schema import EventType
 
@@ -204,6 +208,9 @@ class Settings(BaseSettings):
     # Behaviour model: the sequential transformer (kairos.models, kairos.training)
     model_dir: Path | None = Field(
         default=None, description="Model registry folder; default: <db_path>.models beside the database.")
+    reports_dir: Path = Field(
+        default=Path("runs"), description="Where the dashboard looks for evaluation reports "
+        "(`kairos evaluate --out <reports_dir>/<name>`).")
     sequential_preset: Literal["auto", "long", "short"] = Field(
         default="auto", description="Training preset: long (MovieLens-like, max length 200), short "
         "(Amazon-like, 50), or auto: long when the median user sequence is at least "

@@ -30,6 +30,7 @@ from kairos.api.limits import (
 from kairos.api.metrics import ApiMetrics, RequestMiddleware
 from kairos.api.paths import ItemId, UserId
 from kairos.api.push import push_router
+from kairos.dashboard import mount_dashboard
 from kairos.engine import Engine, NotFound
 from kairos.experiments.service import ExperimentService
 from kairos.pseudonyms import Pseudonyms
@@ -196,8 +197,9 @@ def create_app(engine: Engine, manage_models: bool = True, push: bool | None = N
     if settings.rate_limit > 0:
         burst = settings.rate_burst or max(1.0, 2 * settings.rate_limit)
         app.add_middleware(RequestRateLimit, buckets=buckets_for(settings, "requests", settings.rate_limit, burst))
-    app.add_middleware(AuthMiddleware, authenticator=Authenticator(parse_keys(settings.api_keys),
-                                                                   KeyFile(settings.keys_path())))
+    authenticator = Authenticator(parse_keys(settings.api_keys), KeyFile(settings.keys_path()))
+    app.state.authenticator = authenticator
+    app.add_middleware(AuthMiddleware, authenticator=authenticator)
     app.add_middleware(UrlLengthLimit)
     app.add_middleware(RequestMiddleware, metrics=metrics)
 
@@ -375,6 +377,7 @@ def create_app(engine: Engine, manage_models: bool = True, push: bool | None = N
 
     app.include_router(push_router(max_n, ids))
     app.include_router(experiments_router())
+    mount_dashboard(app, settings.reports_dir)
 
     # -- operations -----------------------------------------------------------------------
 

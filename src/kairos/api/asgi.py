@@ -18,3 +18,10 @@ async def send_error(send: Send, status: int, code: str, message: str, details: 
     raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
+
+
+async def send_redirect(send: Send, location: str) -> None:
+    """303 See Other to `location` (ours, a constant path)."""
+    await send({"type": "http.response.start", "status": 303,
+                "headers": [(b"location", location.encode()), (b"content-length", b"0")]})
+    await send({"type": "http.response.body", "body": b""})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterator
 from datetime import datetime
 
@@ -22,10 +23,32 @@ from kairos.engine import Engine
 disable_created_metrics()  # *_created series only add noise to scrapes
 
 
+class RequestTimes:
+    """The latest API requests' durations, for the dashboard's live latency (this process)."""
+
+    def __init__(self, kept: int = 4096) -> None:
+        self._recent: deque[tuple[float, float]] = deque(maxlen=kept)  # (monotonic end, seconds)
+        self.requests = 0
+
+    def record(self, seconds: float) -> None:
+        self._recent.append((time.monotonic(), seconds))
+        self.requests += 1
+
+    def latency_ms(self, window_s: float) -> dict[str, float | int | None]:
+        since = time.monotonic() - window_s
+        durations = sorted(s for t, s in list(self._recent) if t >= since)
+        if not durations:
+            return {"p50_ms": None, "p99_ms": None, "n": 0}
+        def at(q: float) -> float:
+            return round(1000 * durations[min(len(durations) - 1, int(q * len(durations)))], 2)
+        return {"p50_ms": at(0.5), "p99_ms": at(0.99), "n": len(durations)}
+
+
 class ApiMetrics:
     """One registry per app, so several apps (tests) never share counters."""
 
     def __init__(self, engine: Engine) -> None:
+        self.times = RequestTimes()
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "kairos_http_requests_total", "HTTP requests", ["method", "route", "status"],
@@ -45,6 +68,8 @@ class ApiMetrics:
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()
         self.latency.labels(method, route).observe(seconds)
+        if route.startswith("/v1/") and not route.endswith("/stream"):  # the API, not pages or streams
+            self.times.record(seconds)
 
 
 class RequestMiddleware:

@@ -12,6 +12,10 @@ from kairos.config import Settings
 from kairos.engine import Engine
 from kairos.store import EventRecord, ItemRecord, SQLiteStore
 
+# An evaluation engine is a scratch copy on a temporary SQLite file: never the deployment's
+# PostgreSQL or Redis (KAIROS_STORE_URL, KAIROS_REDIS_URL), which hold the real log.
+SCRATCH: dict[str, str] = {"store_url": "", "redis_url": ""}
+
 
 @dataclass
 class EvalData:
@@ -44,7 +48,7 @@ def load_eval_data(path: Path, min_item_events: int = 0, min_user_events: int = 
     else:
         name = path.name
         scratch = Path(tempfile.mkdtemp(prefix="kairos-eval-")) / "import.db"
-        engine = Engine(Settings(db_path=scratch, sqlite_synchronous="NORMAL"))
+        engine = Engine(Settings(**SCRATCH, db_path=scratch, sqlite_synchronous="NORMAL"))
         if is_unisrec(path):
             from kairos.datasets.unisrec import import_unisrec
 

@@ -23,7 +23,7 @@ import numpy as np
 from kairos.clock import SimulatedClock
 from kairos.config import Settings
 from kairos.engine import Engine
-from kairos.evaluation.data import EvalData
+from kairos.evaluation.data import SCRATCH, EvalData
 from kairos.evaluation.metrics import (
     coverage,
     intra_list_diversity,
@@ -113,7 +113,7 @@ def offline_settings(db_path: Path) -> Settings:
     one global 'now' decay would be arbitrary: count interactions without decay, every
     event an interaction of weight 1 (LlamaRec: every rating is an interaction)."""
     return Settings(
-        db_path=db_path, sqlite_synchronous="NORMAL",
+        **SCRATCH, db_path=db_path, sqlite_synchronous="NORMAL",
         popularity_half_life_s=0, covisit_half_life_s=0,
         rating_positive_weight=1.0, rating_neutral_weight=1.0, rating_negative_weight=1.0,
     )

@@ -21,7 +21,7 @@ import numpy as np
 from kairos.clock import SimulatedClock
 from kairos.config import Settings
 from kairos.engine import Engine
-from kairos.evaluation.data import EvalData
+from kairos.evaluation.data import SCRATCH, EvalData
 from kairos.evaluation.metrics import coverage, list_metrics, mean_metrics, novelty
 from kairos.evaluation.protocols import (
     _items_as_models,
@@ -43,7 +43,7 @@ Audit = Callable[[Engine, EventRecord], None]
 def stream_settings(db_path: Path, decay: bool) -> Settings:
     """Serving defaults, with every event type an interaction of positive weight (a
     rating of 1 star is still what the user chose to watch)."""
-    settings = Settings(db_path=db_path, sqlite_synchronous="NORMAL",
+    settings = Settings(**SCRATCH, db_path=db_path, sqlite_synchronous="NORMAL",
                         rating_negative_weight=1.0, rating_neutral_weight=1.0,
                         rating_positive_weight=1.0)
     if not decay:

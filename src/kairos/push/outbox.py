@@ -195,6 +195,13 @@ class Outbox:
                                  "ORDER BY due_at DESC, seq DESC LIMIT ?", (user_id, status, limit))
         return [notification_of(row) for row in rows]
 
+    def latest(self, statuses: Sequence[str], limit: int) -> list[Notification]:
+        """The latest notifications in any of `statuses`, newest first (e.g. the failures)."""
+        rows = self.db.query(f"SELECT {_SELECT} FROM push_notifications WHERE status IN "
+                             f"({','.join('?' * len(statuses))}) ORDER BY due_at DESC, seq DESC LIMIT ?",
+                             (*statuses, limit))
+        return [notification_of(row) for row in rows]
+
     def sent_after(self, seq: int, limit: int = 1000) -> list[tuple[int, Notification]]:
         """Deliveries after position `seq`, in the order they were recorded (SSE tails this)."""
         rows = self.db.query(f"SELECT sent_seq, {_SELECT} FROM push_notifications WHERE sent_seq > ? "

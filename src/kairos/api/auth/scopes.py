@@ -6,7 +6,8 @@ import re
 
 from kairos.api.auth.keys import Scope
 
-OPEN_PATHS = frozenset({"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+OPEN_PATHS = frozenset({"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/dashboard/login"})
+OPEN_PREFIXES = ("/dashboard/static/",)  # the dashboard's script and styles: no data in them
 
 # (methods, path pattern, scope), first match wins.
 RULES: list[tuple[frozenset[str], re.Pattern[str], Scope]] = [
@@ -23,7 +24,7 @@ RULES: list[tuple[frozenset[str], re.Pattern[str], Scope]] = [
 
 def required_scope(method: str, path: str) -> Scope | None:
     """None: open to anyone (health, the API's own documentation)."""
-    if path in OPEN_PATHS:
+    if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
         return None
     for methods, pattern, scope in RULES:
         if method in methods and pattern.match(path):
@@ -34,3 +35,8 @@ def required_scope(method: str, path: str) -> Scope | None:
 def accepts_query_key(path: str) -> bool:
     """A browser's EventSource cannot send headers: live streams may carry ?api_key=."""
     return path.endswith("/stream")
+
+
+def is_dashboard(path: str) -> bool:
+    """The dashboard's pages: a browser's, signed in by a cookie (dashboard/routes.py)."""
+    return path == "/dashboard" or path.startswith("/dashboard/")
