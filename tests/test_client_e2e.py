@@ -227,9 +227,20 @@ def test_the_async_client(server_factory: Any) -> None:
             with pytest.raises(NotFound):
                 await kairos.get_item("nope")
             async with kairos.notification_stream("a0") as stream:
-                await kairos.create_campaign({"id": "async", "item_id": "sencha", "audience": {"user_ids": ["a0"]}})
-                async for notification in stream:
-                    assert notification.campaign_id == "async"
-                    break
+                campaign = await kairos.create_campaign({"id": "async", "item_id": "sencha",
+                                                         "audience": {"user_ids": ["a0"]}})
+                assert campaign.counts.get("suppressed", 0) == 0, campaign
+
+                async def first() -> Notification:
+                    async for notification in stream:
+                        return notification
+                    raise AssertionError("the stream ended")
+
+                try:
+                    notification = await asyncio.wait_for(first(), timeout=20)
+                except TimeoutError:
+                    sent = await kairos.notifications("a0", status="all")
+                    raise AssertionError(f"nothing streamed in 20 s; a0's notifications: {sent}") from None
+                assert notification.campaign_id == "async"
 
     asyncio.run(asyncio.wait_for(scenario(), timeout=60))

@@ -7,6 +7,7 @@ each page is saved in build/screenshots/."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -43,16 +44,24 @@ def wait_until(condition: Callable[[], Any], timeout: float = 20.0, what: str = 
     raise AssertionError(f"{what} not met within {timeout} s")
 
 
-@pytest.fixture(scope="module")
-def demo_shop(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """The demo shop's database and an evaluation report of it, made by the CLI."""
-    folder = tmp_path_factory.mktemp("dashboard")
+@pytest.fixture
+def demo_shop(tmp_path: Path) -> tuple[Path, Path]:
+    """The demo shop's database and an evaluation report of it, made by the CLI (in the
+    test's own store: on PostgreSQL too under KAIROS_TEST_BACKEND=postgres)."""
+    folder = tmp_path
     db = folder / "demo.db"
     made = subprocess.run([sys.executable, "-m", "kairos", "demo", "--db", str(db), "--no-serve", *DEMO],
                           capture_output=True, text=True, timeout=300, check=False)
     assert made.returncode == 0, made.stdout + made.stderr
     reports = folder / "runs"
-    evaluated = subprocess.run([sys.executable, "-m", "kairos", "evaluate", "--data", str(db), "--protocol", "loo",
+    evaluated_db = db
+    if os.environ.get("KAIROS_STORE_URL"):  # `kairos evaluate --data` reads a SQLite file: make one
+        evaluated_db = folder / "evaluated.db"
+        sqlite_env = {k: v for k, v in os.environ.items() if k not in ("KAIROS_STORE_URL", "KAIROS_REDIS_URL")}
+        made = subprocess.run([sys.executable, "-m", "kairos", "demo", "--db", str(evaluated_db), "--no-serve", *DEMO],
+                              capture_output=True, text=True, timeout=300, check=False, env=sqlite_env)
+        assert made.returncode == 0, made.stdout + made.stderr
+    evaluated = subprocess.run([sys.executable, "-m", "kairos", "evaluate", "--data", str(evaluated_db), "--protocol", "loo",
                                 "--models", "popular,covisit", "--out", str(reports / "demo-loo")],
                                capture_output=True, text=True, timeout=300, check=False)
     assert evaluated.returncode == 0, evaluated.stdout + evaluated.stderr

@@ -293,6 +293,7 @@ def test_cli_imports_a_file(tmp_path: Path) -> None:
     assert "imported 3 events" in result.output
 
 
+@pytest.mark.sqlite_only  # two --db files are two logs only on SQLite (on PostgreSQL: one URL)
 def test_cli_refuses_a_second_import_unless_appending(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 

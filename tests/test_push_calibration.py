@@ -19,6 +19,10 @@ from kairos.push.calibration import DEFAULT, FEATURES, Calibrator, fit_calibrati
 from kairos.push.service import PushService
 from kairos.schema import Item
 
+# The demo log is imported once for the module, before any test's own PostgreSQL database
+# exists: these tests read that SQLite file (the fit reads any store through the same protocol).
+pytestmark = pytest.mark.sqlite_only
+
 
 @pytest.fixture(scope="module")
 def demo_db(tmp_path_factory: pytest.TempPathFactory) -> Path:

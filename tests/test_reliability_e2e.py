@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -19,6 +20,7 @@ import crash
 import fuzz
 
 
+@pytest.mark.sqlite_only  # counts rows in the SQLite file; the PostgreSQL trial is the next test
 def test_kill_9_under_load_loses_no_acknowledged_event(tmp_path: Path, text_model_exported: None) -> None:
     rng = random.Random(5)
     db = tmp_path / "crash.db"

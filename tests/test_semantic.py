@@ -149,6 +149,7 @@ def test_a_new_arrival_takes_the_cold_start_place_in_a_busy_list(shop: Engine) -
     assert "gaiters" not in ids(shop.recommend("runner", 3))  # engaged now: it competes like any item
 
 
+@pytest.mark.sqlite_only  # another writer edits the SQLite file while no engine runs
 def test_the_vector_index_is_saved_at_close_and_reloaded(tmp_path: Path) -> None:
     engine = make_engine(tmp_path)
     engine.upsert_items([Item(item_id=k, title=t, text=d, categories=[c]) for k, (t, d, c) in CATALOGUE.items()])

@@ -125,4 +125,5 @@ class PostgresPushDatabase(PushDatabase):
 
     def query(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self.lock:
-            return self.db.execute(dialect(sql), parameters or None).fetchall()  # type: ignore[arg-type]
+            cursor = self.db.execute(dialect(sql), parameters or None)  # type: ignore[arg-type]
+            return cursor.fetchall() if cursor.description is not None else []  # a write: no rows, as sqlite3
