@@ -10,7 +10,7 @@ from types import TracebackType
 from typing import Any, Concatenate, Generic, ParamSpec, Self, TypeVar
 
 import httpx
-from httpx_sse import aconnect_sse
+from httpx_sse import ServerSentEvent, aconnect_sse
 
 from kairos.client import calls
 from kairos.client.calls import Call
@@ -125,7 +125,7 @@ class AsyncStream(Generic[T]):
     def __init__(self, http: httpx.AsyncClient, call: Call[T], event: str, ready: str | None = None) -> None:
         self._http, self._call, self._event, self._ready = http, call, event, ready
         self._opened: Any = None
-        self._events: AsyncIterator[Any] | None = None
+        self._events: AsyncIterator[ServerSentEvent] | None = None
 
     async def __aenter__(self) -> AsyncStream[T]:
         timeout = httpx.Timeout(self._http.timeout.connect, read=None)

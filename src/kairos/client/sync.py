@@ -11,7 +11,7 @@ from types import TracebackType
 from typing import Any, Concatenate, Generic, ParamSpec, Self, TypeVar
 
 import httpx
-from httpx_sse import EventSource, connect_sse
+from httpx_sse import ServerSentEvent, connect_sse
 
 from kairos import __version__
 from kairos.client import calls
@@ -168,7 +168,7 @@ class Stream(Generic[T]):
     def __init__(self, http: httpx.Client, call: Call[T], event: str, ready: str | None = None) -> None:
         self._http, self._call, self._event, self._ready = http, call, event, ready
         self._opened: Any = None
-        self._source: EventSource | None = None
+        self._events: Iterator[ServerSentEvent] | None = None
 
     def __enter__(self) -> Stream[T]:
         timeout = httpx.Timeout(self._http.timeout.connect, read=None)  # quiet streams are pinged
@@ -180,7 +180,6 @@ class Stream(Generic[T]):
             error = error_from(source.response)
             self._opened.__exit__(None, None, None)
             raise error
-        self._source = source
         self._events = source.iter_sse()
         if self._ready is not None:
             for message in self._events:
@@ -189,7 +188,7 @@ class Stream(Generic[T]):
         return self
 
     def __iter__(self) -> Iterator[T]:
-        if self._source is None:
+        if self._events is None:
             raise RuntimeError("use the stream in a `with` block")
         for message in self._events:
             if message.event == self._event:
@@ -199,4 +198,4 @@ class Stream(Generic[T]):
                  trace: TracebackType | None) -> None:
         if self._opened is not None:
             self._opened.__exit__(kind, error, trace)
-            self._opened = self._source = None
+            self._opened = self._events = None
