@@ -1,6 +1,7 @@
 """Serving under load, measured with wrk: recommendations at 1, 8 and 64 concurrent
-clients, HTTP ingest while recommendations are served, and how fast an event written
-through one process reaches another process's live stream.
+clients, the same server answering an item lookup (the floor under those figures), HTTP
+ingest while recommendations are served, and how fast an event written through one
+process reaches another process's live stream.
 
 Not part of CI. It needs `wrk` (Debian: `apt-get install wrk`). The database is
 ml-latest-small with the behaviour model and the ranking model trained (every default
@@ -9,6 +10,7 @@ source on), prepared once into --workdir and reused:
     .venv/bin/python benchmarks/load.py                          # prepare if needed, then measure
     .venv/bin/python benchmarks/load.py --workers 1,2 --duration 10
     .venv/bin/python benchmarks/load.py --phases recommend --workers 2
+    .venv/bin/python benchmarks/load.py --phases floor --workers 1,2   # HTTP alone
 
 The load generator (wrk, a few percent of a core) shares the machine with the server.
 """
@@ -48,6 +50,14 @@ request = function()
   return wrk.format("GET", "/v1/recommendations/" .. users[math.random(#users)] .. "?n=10")
 end
 """
+ITEM_LUA = """
+local items = {}
+for line in io.lines("%(items)s") do items[#items + 1] = line end
+math.randomseed(%(seed)d + tonumber(tostring({}):sub(8), 16) %% 100000)
+request = function()
+  return wrk.format("GET", "/v1/items/" .. items[math.random(#items)])
+end
+"""
 INGEST_LUA = """
 local bodies = {}
 for line in io.lines("%(bodies)s") do bodies[#bodies + 1] = line end
@@ -80,7 +90,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", default="1,2", help="`kairos serve --workers` values measured.")
     parser.add_argument("--levels", default="1,8,64", help="Concurrent clients.")
     parser.add_argument("--duration", type=float, default=10.0, help="Seconds per measurement.")
-    parser.add_argument("--phases", default="cpu,recommend,ingest,visibility")
+    parser.add_argument("--phases", default="cpu,floor,recommend,ingest,visibility")
     parser.add_argument("--visibility-trials", type=int, default=200)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--env", nargs="*", default=[], metavar="NAME=VALUE",
@@ -180,8 +190,9 @@ def wrk(url: str, script: Path, clients: int, seconds: float) -> dict[str, Any]:
             "rps": round(requests / duration, 1), "p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "max_ms": top}
 
 
-def scripts(args: argparse.Namespace, db: Path) -> tuple[Path, Path]:
-    """The wrk scripts and their data: known users; batches of views of known items."""
+def scripts(args: argparse.Namespace, db: Path) -> tuple[Path, Path, Path]:
+    """The wrk scripts and their data: known users; batches of views of known items;
+    known items, one looked up per request."""
     import sqlite3
 
     with sqlite3.connect(db) as conn:
@@ -190,6 +201,8 @@ def scripts(args: argparse.Namespace, db: Path) -> tuple[Path, Path]:
         latest = conn.execute("SELECT max(ts) FROM events").fetchone()[0]
     users_file, bodies_file = args.workdir / "users.txt", args.workdir / "bodies.jsonl"
     users_file.write_text("\n".join(users) + "\n")
+    items_file = args.workdir / "items.txt"
+    items_file.write_text("\n".join(items) + "\n")
     rng = random.Random(args.seed)
     with bodies_file.open("w") as out:
         for b in range(200):
@@ -200,7 +213,23 @@ def scripts(args: argparse.Namespace, db: Path) -> tuple[Path, Path]:
     recommend.write_text(RECOMMEND_LUA % {"users": users_file, "seed": args.seed} + REPORT_LUA % {})
     ingest = args.workdir / "ingest.lua"
     ingest.write_text(INGEST_LUA % {"bodies": bodies_file} + REPORT_LUA % {})
-    return recommend, ingest
+    item = args.workdir / "item.lua"
+    item.write_text(ITEM_LUA % {"items": items_file, "seed": args.seed} + REPORT_LUA % {})
+    return recommend, ingest, item
+
+
+def floor_phase(server: Server, script: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """`GET /v1/items/{id}` (a lookup in memory) through the same server, middleware
+    and connections: what a request costs before any recommendation work, the floor
+    under every latency the recommend phase measures."""
+    wrk(server.url, script, 8, 3)
+    rows = []
+    for clients in args.levels:
+        row = wrk(server.url, script, clients, args.duration)
+        print(f"  item lookup, {clients:>3} clients: {row['rps']:>7,.0f} req/s  p50 {row['p50_ms']:6.2f}  "
+              f"p99 {row['p99_ms']:7.2f} ms  errors {row['errors']}", flush=True)
+        rows.append(row)
+    return rows
 
 
 def recommend_phase(server: Server, script: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -318,7 +347,7 @@ def cpu_phase(db: Path, args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     db = prepare(args)
-    recommend, ingest = scripts(args, db)
+    recommend, ingest, item = scripts(args, db)
     env = dict(item.split("=", 1) for item in args.env)
     document: dict[str, Any] = {
         "benchmark": "load", "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -329,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         print("CPU per request, in process", flush=True)
         document["cpu"] = cpu_phase(db, args)
     for workers in args.workers:
-        if not args.phases & {"recommend", "ingest"}:
+        if not args.phases & {"floor", "recommend", "ingest"}:
             break
         print(f"--workers {workers}", flush=True)
         # A copy per run: the ingest phase adds events, and each run starts from the same log.
@@ -340,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         server = Server(copy, workers, args.workdir / f"server-{workers}.log", env)
         run: dict[str, Any] = {"workers": workers, "startup_s": round(server.startup_s, 2)}
         try:
+            if "floor" in args.phases:
+                run["floor"] = floor_phase(server, item, args)
             if "recommend" in args.phases:
                 run["recommend"] = recommend_phase(server, recommend, args)
             if "ingest" in args.phases:

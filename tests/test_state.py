@@ -61,6 +61,32 @@ def test_covisitation_respects_window_lookback_and_direction() -> None:
     assert state.covisit.neighbours(idx["e"])[0] == {}
 
 
+def test_covisitation_rows_are_capped_and_keep_their_totals() -> None:
+    rng = random.Random(5)
+    catalog_names = [f"i{k}" for k in range(40)]
+    events = [click(f"u{rng.randrange(20)}", rng.choice(catalog_names), float(t)) for t in range(4000)]
+
+    def state_with(cap: int) -> OnlineState:
+        catalog = Catalog()
+        for name in catalog_names:
+            catalog.upsert(ItemRecord(name))
+        state = OnlineState(Settings(covisit_max_neighbours=cap, covisit_half_life_s=0), catalog)
+        state.apply(events)
+        return state
+
+    capped, full = state_with(8), state_with(0)
+    widest = max(len(full.covisit.neighbours(a)[0]) for a in range(40))
+    assert widest > 20  # the uncapped rows do outgrow the cap
+    for a in range(40):
+        row, total = capped.covisit.neighbours(a)
+        whole, whole_total = full.covisit.neighbours(a)
+        assert len(row) <= 10  # cut back to 8 once past 8 x 1.25
+        assert math.isclose(total, whole_total)  # shares stay shares of every visit
+        assert all(count <= whole[b] + 1e-9 for b, count in row.items())  # a cut only loses counts
+    # A cap above every row's width changes nothing.
+    assert state_with(widest).covisit.neighbours(3) == full.covisit.neighbours(3)
+
+
 def test_impressions_and_negatives_are_not_visits() -> None:
     state = make_state()
     idx = state.catalog.index

@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     covisit_backward_weight: float = Field(
         default=0.5, ge=0, description="Weight of b->a when a visit of b follows one of a (a->b is 1)."
     )
+    covisit_max_neighbours: int = Field(
+        default=500, ge=0, description="An item keeps its strongest this many co-visited neighbours (memory "
+        "is bounded by items x this however long the log grows); 0 = every one.")
 
     # Event weights (implicit feedback strength); rating is mapped by its value.
     event_weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))

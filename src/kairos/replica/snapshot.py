@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 FORMAT = 1
 # The settings whose values shape what events build; a snapshot made under others is stale.
 STATE_SETTINGS = ("event_weights", "popularity_half_life_s", "trend_half_life_s", "covisit_half_life_s",
-                  "covisit_window_s", "covisit_lookback", "covisit_backward_weight", "sequence_length",
+                  "covisit_window_s", "covisit_lookback", "covisit_backward_weight", "covisit_max_neighbours",
+                  "sequence_length",
                   "semantic_enabled", "semantic_half_life_s", "semantic_negative_share", "semantic_text_weight",
                   "text_model", "item_text_template", "item_text_attributes")
 

@@ -5,14 +5,22 @@ from __future__ import annotations
 from kairos.state.decay import ForwardDecay
 
 _DUST = 1e-9  # below this (relative to one visit) a subtracted count is gone
+# A row is cut back to its cap once it holds this much more: a sort per that many new
+# neighbours, not per visit.
+_SLACK = 1.25
 
 
 class Covisitation:
     """Time-decayed, directed counts c[a][b]: a visit of b followed one of a (and,
     added symmetrically by the caller, the reverse)."""
 
-    def __init__(self, half_life_s: float) -> None:
+    def __init__(self, half_life_s: float, max_neighbours: int = 0) -> None:
+        """`max_neighbours`: a row keeps its strongest this many (0: every one), so memory
+        is bounded by items x max_neighbours however long the log grows. The row's total
+        still counts every visit: a kept neighbour's share is what it was."""
         self.decay = ForwardDecay(half_life_s)
+        self.max_neighbours = max_neighbours
+        self._prune_at = int(max_neighbours * _SLACK) if max_neighbours else 0
         self._neighbours: dict[int, dict[int, float]] = {}
         self._totals: dict[int, float] = {}
 
@@ -32,6 +40,8 @@ class Covisitation:
                     row = rows[other] = {}
                 row[item] = row.get(item, 0.0) + gain
                 totals[other] = totals.get(other, 0.0) + gain
+                if self._prune_at and len(row) > self._prune_at:
+                    self._prune(row)
             if backward:
                 gain = backward * scale
                 row = rows.get(item)
@@ -42,6 +52,8 @@ class Covisitation:
                     row[other] = row.get(other, 0.0) + gain
                     total += gain
                 totals[item] = total
+                if self._prune_at and len(row) > self._prune_at:
+                    self._prune(row)
             return
         for other in previous:
             self._add(other, item, forward * scale)
@@ -68,6 +80,13 @@ class Covisitation:
         else:
             self._neighbours.pop(a, None)
             self._totals.pop(a, None)
+
+    def _prune(self, row: dict[int, float]) -> None:
+        """Keep the row's `max_neighbours` strongest (ties by item, so every replica that
+        applies the same events keeps the same ones)."""
+        kept = sorted(row.items(), key=lambda pair: (-pair[1], pair[0]))[: self.max_neighbours]
+        row.clear()
+        row.update(kept)
 
     def neighbours(self, a: int) -> tuple[dict[int, float], float]:
         """Forward-decayed counts of a's neighbours and their sum (both share one decay

@@ -34,7 +34,7 @@ class OnlineState:
         self.users: dict[str, UserState] = {}
         self.popularity = DecayedPopularity(settings.popularity_half_life_s)
         self.trending = DecayedPopularity(settings.trend_half_life_s)  # short memory: the ranker's trend
-        self.covisit = Covisitation(settings.covisit_half_life_s)
+        self.covisit = Covisitation(settings.covisit_half_life_s, settings.covisit_max_neighbours)
         self.events_applied = 0
         self.semantic: SemanticState | None = None  # set by the engine when the LM layer is on
         self.sequential: ServedSequential | None = None  # set by the engine when a model serves
