@@ -124,6 +124,29 @@ def test_an_item_added_after_training_is_represented_from_its_text(trained_engin
     assert engine.registered.model.n_items == len(engine.registered.item_ids)  # the artefact is untouched
 
 
+def test_kept_scores_are_the_scores_until_the_user_or_the_catalogue_changes(trained_engine: Engine) -> None:
+    engine = trained_engine
+    served = engine.state.sequential
+    assert served is not None
+    engine.ingest([Event(user_id="kept", item_id=item_id(3), type="click", timestamp=3_000_000.0)])
+
+    def scores() -> np.ndarray:
+        user = engine.state.users["kept"]
+        found = served.catalogue_scores(user.recent, ("kept", user.revision))
+        assert found is not None
+        assert np.array_equal(found, served.catalogue_scores(user.recent))  # what scoring afresh gives
+        return found
+
+    first = scores()
+    assert scores() is first  # no event: kept
+    engine.ingest([Event(user_id="kept", item_id=item_id(15), type="click", timestamp=3_000_001.0)])
+    after_event = scores()
+    assert after_event is not first and not np.array_equal(after_event, first)
+    engine.upsert_items([Item(item_id="later", title="The pear orchard", categories=["things"])])
+    grown = scores()
+    assert len(grown) == len(after_event) + 1 and np.isfinite(grown[engine.catalog.index["later"]])
+
+
 def test_the_registry_round_trips_and_points_at_the_published_version(trained_engine: Engine,
                                                                       tmp_path: Path) -> None:
     registered = trained_engine.registered

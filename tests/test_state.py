@@ -87,6 +87,26 @@ def test_covisitation_rows_are_capped_and_keep_their_totals() -> None:
     assert state_with(widest).covisit.neighbours(3) == full.covisit.neighbours(3)
 
 
+def test_covisitation_row_arrays_follow_every_change_of_the_row() -> None:
+    state = make_state(covisit_half_life_s=DAY)
+    idx = state.catalog.index
+
+    def as_dict(a: int) -> dict[int, float]:
+        items, counts, total = state.covisit.row_arrays(a)
+        assert math.isclose(total, state.covisit.neighbours(a)[1])
+        return dict(zip(items.tolist(), counts.tolist(), strict=True))
+
+    state.apply([click("u", "a", 0), click("u", "b", 10)])
+    assert as_dict(idx["a"]) == state.covisit.neighbours(idx["a"])[0] == {idx["b"]: 1.0}
+    state.apply([click("v", "a", 20), click("v", "c", 30)])  # a's row changes: the arrays follow
+    assert as_dict(idx["a"]) == state.covisit.neighbours(idx["a"])[0]
+    assert len(as_dict(idx["a"])) == 2
+    state.apply([click("w", "a", 400 * DAY), click("w", "d", 400 * DAY + 1)])  # decay rescales every row
+    assert as_dict(idx["a"]) == state.covisit.neighbours(idx["a"])[0]
+    state.forget("v", [click("v", "a", 20), click("v", "c", 30)])
+    assert as_dict(idx["a"]) == state.covisit.neighbours(idx["a"])[0]
+
+
 def test_impressions_and_negatives_are_not_visits() -> None:
     state = make_state()
     idx = state.catalog.index

@@ -90,7 +90,9 @@ def _item_columns(state: OnlineState, ctx: UserContext, items: np.ndarray) -> li
     match = np.zeros(len(items))
     if user is not None:
         if user.seen:
-            seen = np.isin(items, np.fromiter(user.seen, dtype=np.int64, count=len(user.seen))).astype(float)
+            visited = np.zeros(n_catalog, dtype=bool)
+            visited[ctx.seen_items()] = True
+            seen = visited[items].astype(float)
         recent = user.recent_visits(RECENT_FOR_MATCH)
         if recent:
             counts: dict[str, int] = {}

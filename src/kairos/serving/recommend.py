@@ -8,8 +8,6 @@ import uuid
 from collections.abc import Hashable
 from dataclasses import dataclass
 
-import numpy as np
-
 from kairos.ranking import Fused, reciprocal_rank_fusion
 from kairos.ranking.arrivals import new_arrival_slot
 from kairos.ranking.fusion import RRF_K
@@ -136,9 +134,10 @@ class Recommender:
             allowed = view.catalog.available.copy()
             if category is not None:
                 allowed &= view.catalog.category_mask(category)
+            ctx = UserContext(user_id, view.clock.now(), user, allowed, category)
             if exclude_seen and user is not None and user.seen:
-                allowed[np.fromiter(user.seen, dtype=np.int64, count=len(user.seen))] = False
-            return UserContext(user_id, view.clock.now(), user, allowed, category)
+                allowed[ctx.seen_items()] = False
+            return ctx
 
     def fuse(self, ctx: UserContext, weights: dict[str, float], depth: int, k: float = RRF_K) -> Fused:
         """Ask every weighted source for `depth` candidates and fuse their ranks

@@ -9,6 +9,8 @@ import numpy as np
 
 from kairos.state.users import UserState
 
+SEEN_KEY = "user.seen"  # UserContext.extra: the seen items as an array
+
 
 @dataclass(slots=True)
 class UserContext:
@@ -20,6 +22,14 @@ class UserContext:
     allowed: np.ndarray  # bool over catalogue indices: the request's filters, already applied
     category: str | None = None
     extra: dict[str, object] = field(default_factory=dict)
+
+    def seen_items(self) -> np.ndarray:
+        """Catalogue indices of every item the user has visited (once per request)."""
+        kept = self.extra.get(SEEN_KEY)
+        if kept is None:
+            seen = self.user.seen if self.user is not None else ()
+            kept = self.extra[SEEN_KEY] = np.fromiter(seen, dtype=np.int64, count=len(seen))
+        return kept  # type: ignore[return-value]
 
 
 class Candidates(NamedTuple):

@@ -28,12 +28,12 @@ class CovisitSource:
         """Sum over seeds of seed weight x P(next = b | seed), decayed counts."""
         parts_items, parts_values = [], []
         for seed, seed_weight in seeds:
-            row, total = self.state.covisit.neighbours(seed)
-            if total <= 0 or not row:
+            # Whole rows at C speed, kept as arrays until they change.
+            row_items, counts, total = self.state.covisit.row_arrays(seed)
+            if total <= 0 or not len(row_items):
                 continue
-            # Whole rows at C speed: rows of popular items hold thousands of neighbours.
-            parts_items.append(np.fromiter(row.keys(), dtype=np.int64, count=len(row)))
-            parts_values.append(np.fromiter(row.values(), dtype=np.float64, count=len(row)) * (seed_weight / total))
+            parts_items.append(row_items)
+            parts_values.append(counts * (seed_weight / total))
         if not parts_items:
             return Candidates.empty()
         # Summed over the neighbours found, not a catalogue-long array.

@@ -40,6 +40,9 @@ EXPLAIN_KEY = "sequential.visits"  # UserContext.extra: what `explain` reads onc
 # catalogue index -> unit text vector, or None when the item has no text
 TextVectorLookup = Callable[[int], np.ndarray | None]
 QUERIES_KEPT = 100_000  # users whose query is kept (about 0.3 KB each), least recently asked go first
+# Bytes of catalogue-long score rows kept (the users asked most recently): a returning
+# user without a new event is scored by a lookup, not a product over the catalogue.
+SCORES_KEPT_BYTES = 64 << 20
 DENOMINATOR_SAMPLE = 2_048  # items whose scores estimate the softmax's denominator (a large catalogue)
 
 
@@ -81,6 +84,8 @@ class ServedSequential:
         self._sample_baseline = np.empty(0, dtype=np.float32)
         # user -> (their state's revision, query, latest items): the encoder runs once per event
         self._queries: OrderedDict[str, tuple[Hashable, np.ndarray, np.ndarray]] = OrderedDict()
+        # user -> ((revision, catalogue size, rows), their catalogue scores): once per event too
+        self._scores: OrderedDict[str, tuple[Hashable, np.ndarray]] = OrderedDict()
         self._add_new_items(np.flatnonzero(self._model_of == 0))
 
     def with_prior_from(self, visits: dict[str, list[int]]) -> ServedSequential:
@@ -257,6 +262,7 @@ class ServedSequential:
 
     def forget(self, user_id: str) -> None:
         self._queries.pop(user_id, None)
+        self._scores.pop(user_id, None)
 
     def query_of(self, steps: list[SequenceStep], user: tuple[str, Hashable] | None = None
                  ) -> tuple[np.ndarray, np.ndarray] | None:
@@ -285,10 +291,20 @@ class ServedSequential:
         found = self.query_of(steps, user)
         if found is None:
             return None
+        version = (user[1], len(self.catalog), len(self._catalog_of)) if user is not None else None
+        kept = self._scores.get(user[0]) if user is not None else None
+        if kept is not None and kept[0] == version:
+            self._scores.move_to_end(user[0])  # type: ignore[index]
+            return kept[1]
         scores = self.model.scores_for(found[0], found[1], self.item_keys(), self._extra_neighbours)
         out = np.full(len(self.catalog), -np.inf)
         placed = self._catalog_of >= 0
         out[self._catalog_of[placed]] = scores[placed]
+        if user is not None:
+            out.flags.writeable = False  # shared by this user's requests until their next event
+            self._scores[user[0]] = (version, out)
+            while len(self._scores) > max(1, SCORES_KEPT_BYTES // max(out.nbytes, 1)):
+                self._scores.popitem(last=False)
         return out
 
 
@@ -335,18 +351,19 @@ class SequentialSource:
         target = served.model_index(item)
         if target == 0:
             return None
+        table = served.item_vectors()
         kept = ctx.extra.get(EXPLAIN_KEY)  # the latest visits, newest first: once per request
         if kept is None:
             visits = list(reversed([s for s in ctx.user.recent if s.visit][-EXPLAIN_FROM_LAST:]))
             items = np.fromiter((s.item for s in visits), dtype=np.int64, count=len(visits))
-            kept = ctx.extra[EXPLAIN_KEY] = (visits, items, served.model_indices(items))
-        visits, items, indices = kept
-        known = np.flatnonzero((indices > 0) & (items != item))
-        if not len(known):
+            indices = served.model_indices(items)
+            kept = ctx.extra[EXPLAIN_KEY] = (visits, items, indices > 0, table[indices])
+        visits, items, known, rows = kept
+        candidates = known & (items != item)
+        if not candidates.any():
             return None
-        table = served.item_vectors()
-        closeness = table[indices[known]] @ table[target]
-        best = visits[int(known[int(np.argmax(closeness))])]
+        closeness = np.where(candidates, rows @ table[target], -np.inf)
+        best = visits[int(np.argmax(closeness))]
         title = self.state.catalog.titles[best.item] or self.state.catalog.ids[best.item]
         return f"what tends to come next in sequences like yours, after '{title}', which you " \
                f"{action_phrase(best.type, best.value)}"

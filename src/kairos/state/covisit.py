@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from kairos.state.decay import ForwardDecay
 
 _DUST = 1e-9  # below this (relative to one visit) a subtracted count is gone
 # A row is cut back to its cap once it holds this much more: a sort per that many new
 # neighbours, not per visit.
 _SLACK = 1.25
+_ARRAYS_KEPT = 4096  # rows kept as arrays for requests (row_arrays)
+_NO_ITEMS = np.empty(0, dtype=np.int64)
+_NO_COUNTS = np.empty(0, dtype=np.float64)
 
 
 class Covisitation:
@@ -23,6 +28,7 @@ class Covisitation:
         self._prune_at = int(max_neighbours * _SLACK) if max_neighbours else 0
         self._neighbours: dict[int, dict[int, float]] = {}
         self._totals: dict[int, float] = {}
+        self._arrays: dict[int, tuple[np.ndarray, np.ndarray, float]] = {}
 
     def add_visit(self, item: int, previous: list[int], forward: float, backward: float, t: float) -> None:
         """A visit of `item` at t after visits of `previous`: previous->item gains `forward`,
@@ -32,9 +38,10 @@ class Covisitation:
             self._rescale(factor)
         scale = self.decay.weight(t)
         if forward > 0 and backward >= 0:  # applying (not forgetting): sums only, inlined
-            rows, totals = self._neighbours, self._totals
+            rows, totals, arrays = self._neighbours, self._totals, self._arrays
             gain = forward * scale
             for other in previous:
+                arrays.pop(other, None)
                 row = rows.get(other)
                 if row is None:
                     row = rows[other] = {}
@@ -44,6 +51,7 @@ class Covisitation:
                     self._prune(row)
             if backward:
                 gain = backward * scale
+                arrays.pop(item, None)
                 row = rows.get(item)
                 if row is None:
                     row = rows[item] = {}
@@ -61,6 +69,7 @@ class Covisitation:
                 self._add(item, other, backward * scale)
 
     def _add(self, a: int, b: int, amount: float) -> None:
+        self._arrays.pop(a, None)
         row = self._neighbours.get(a)
         if row is None:
             row = self._neighbours[a] = {}
@@ -81,12 +90,35 @@ class Covisitation:
             self._neighbours.pop(a, None)
             self._totals.pop(a, None)
 
+    def __getstate__(self) -> dict[str, object]:
+        return {name: value for name, value in self.__dict__.items() if name != "_arrays"}  # a cache
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._arrays = {}
+
     def _prune(self, row: dict[int, float]) -> None:
         """Keep the row's `max_neighbours` strongest (ties by item, so every replica that
         applies the same events keeps the same ones)."""
         kept = sorted(row.items(), key=lambda pair: (-pair[1], pair[0]))[: self.max_neighbours]
         row.clear()
         row.update(kept)
+
+    def row_arrays(self, a: int) -> tuple[np.ndarray, np.ndarray, float]:
+        """`neighbours(a)` as arrays (items, counts) and the total, kept until the row
+        changes (every change drops them)."""
+        row, total = self._neighbours.get(a), self._totals.get(a, 0.0)
+        if not row:
+            return _NO_ITEMS, _NO_COUNTS, total
+        kept = self._arrays.get(a)
+        if kept is not None:
+            return kept
+        kept = (np.fromiter(row.keys(), dtype=np.int64, count=len(row)),
+                np.fromiter(row.values(), dtype=np.float64, count=len(row)), total)
+        if len(self._arrays) >= _ARRAYS_KEPT:
+            self._arrays.clear()  # rows read again are rebuilt; a bound, not an LRU
+        self._arrays[a] = kept
+        return kept
 
     def neighbours(self, a: int) -> tuple[dict[int, float], float]:
         """Forward-decayed counts of a's neighbours and their sum (both share one decay
@@ -112,6 +144,7 @@ class Covisitation:
         return sum(len(row) for row in self._neighbours.values())
 
     def _rescale(self, factor: float) -> None:
+        self._arrays.clear()
         for row in self._neighbours.values():
             for b in row:
                 row[b] *= factor
