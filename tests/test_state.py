@@ -80,7 +80,7 @@ def test_covisitation_rows_are_capped_and_keep_their_totals() -> None:
     for a in range(40):
         row, total = capped.covisit.neighbours(a)
         whole, whole_total = full.covisit.neighbours(a)
-        assert len(row) <= 10  # cut back to 8 once past 8 x 1.25
+        assert len(row) <= 16  # cut back to 8 once past twice 8
         assert math.isclose(total, whole_total)  # shares stay shares of every visit
         assert all(count <= whole[b] + 1e-9 for b, count in row.items())  # a cut only loses counts
     # A cap above every row's width changes nothing.

@@ -115,7 +115,7 @@ class Settings(BaseSettings):
     )
     covisit_max_neighbours: int = Field(
         default=500, ge=0, description="An item keeps its strongest this many co-visited neighbours (memory "
-        "is bounded by items x this however long the log grows); 0 = every one.")
+        "is bounded by items x twice this however long the log grows); 0 = every one.")
 
     # Event weights (implicit feedback strength); rating is mapped by its value.
     event_weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))

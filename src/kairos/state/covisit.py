@@ -7,9 +7,9 @@ import numpy as np
 from kairos.state.decay import ForwardDecay
 
 _DUST = 1e-9  # below this (relative to one visit) a subtracted count is gone
-# A row is cut back to its cap once it holds this much more: a sort per that many new
-# neighbours, not per visit.
-_SLACK = 1.25
+# A row is cut back to its cap once it holds this many times the cap: one sort per cap's
+# worth of new neighbours, not one per visit.
+_SLACK = 2.0
 _ARRAYS_KEPT = 4096  # rows kept as arrays for requests (row_arrays)
 _NO_ITEMS = np.empty(0, dtype=np.int64)
 _NO_COUNTS = np.empty(0, dtype=np.float64)
@@ -21,7 +21,7 @@ class Covisitation:
 
     def __init__(self, half_life_s: float, max_neighbours: int = 0) -> None:
         """`max_neighbours`: a row keeps its strongest this many (0: every one), so memory
-        is bounded by items x max_neighbours however long the log grows. The row's total
+        is bounded by items x 2 x max_neighbours however long the log grows. The row's total
         still counts every visit: a kept neighbour's share is what it was."""
         self.decay = ForwardDecay(half_life_s)
         self.max_neighbours = max_neighbours
@@ -100,9 +100,11 @@ class Covisitation:
     def _prune(self, row: dict[int, float]) -> None:
         """Keep the row's `max_neighbours` strongest (ties by item, so every replica that
         applies the same events keeps the same ones)."""
-        kept = sorted(row.items(), key=lambda pair: (-pair[1], pair[0]))[: self.max_neighbours]
+        items = np.fromiter(row.keys(), dtype=np.int64, count=len(row))
+        counts = np.fromiter(row.values(), dtype=np.float64, count=len(row))
+        kept = np.lexsort((items, -counts))[: self.max_neighbours]
         row.clear()
-        row.update(kept)
+        row.update(zip(items[kept].tolist(), counts[kept].tolist(), strict=True))
 
     def row_arrays(self, a: int) -> tuple[np.ndarray, np.ndarray, float]:
         """`neighbours(a)` as arrays (items, counts) and the total, kept until the row
