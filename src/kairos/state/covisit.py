@@ -115,8 +115,10 @@ class Covisitation:
         kept = self._arrays.get(a)
         if kept is not None:
             return kept
-        kept = (np.fromiter(row.keys(), dtype=np.int64, count=len(row)),
-                np.fromiter(row.values(), dtype=np.float64, count=len(row)), total)
+        items = np.fromiter(row.keys(), dtype=np.int64, count=len(row))
+        counts = np.fromiter(row.values(), dtype=np.float64, count=len(row))
+        items.flags.writeable = counts.flags.writeable = False  # shared by requests
+        kept = (items, counts, total)
         if len(self._arrays) >= _ARRAYS_KEPT:
             self._arrays.clear()  # rows read again are rebuilt; a bound, not an LRU
         self._arrays[a] = kept
