@@ -104,6 +104,28 @@ def test_a_new_event_changes_the_very_next_recommendation(trained_engine: Engine
     assert "sequential" in proposed.sources and proposed.reason
 
 
+def test_a_list_is_explained_by_the_closest_recent_visit_in_one_product(trained_engine: Engine) -> None:
+    engine = trained_engine
+    source = engine.sources["sequential"]
+    served = engine.state.sequential
+    table = served.item_vectors()
+    user = engine.state.users["u07"]
+    visits = list(reversed([s for s in user.recent if s.visit][-10:]))
+    wanted = [engine.catalog.index[item_id(k)] for k in range(N_ITEMS)]
+    reasons = source.explain_many(engine.user_context("u07", exclude_seen=False), wanted)
+    for item, reason in zip(wanted, reasons, strict=True):
+        # Worked out one pair at a time: the newest of the visits closest to the item, never the item itself.
+        others = [s for s in visits if s.item != item]
+        assert (reason is None) == (not others)
+        if others:
+            closeness = [float(table[served.model_index(s.item)] @ table[served.model_index(item)]) for s in others]
+            best = others[int(np.argmax(closeness))]
+            assert f"after '{engine.catalog.titles[best.item]}'" in reason
+    only = visits[0].item
+    engine.ingest([Event(user_id="one-visit", item_id=engine.catalog.ids[only], type="click", timestamp=2_000_000.0)])
+    assert source.explain_many(engine.user_context("one-visit", exclude_seen=False), [only]) == [None]
+
+
 def test_a_user_with_no_history_falls_back_cleanly(trained_engine: Engine) -> None:
     engine = trained_engine
     assert sequential_top(engine, "nobody") == []

@@ -99,8 +99,8 @@ class Recommender:
             catalog = view.catalog
             items = [
                 RecommendedItem(item_id=catalog.ids[item], score=score, sources=sources,
-                                title=catalog.titles[item], reason=self.reason(ctx, item, sources))
-                for item, score, sources in chosen
+                                title=catalog.titles[item], reason=reason)
+                for (item, score, sources), reason in zip(chosen, self.reasons(ctx, chosen), strict=True)
             ]
             return ServedList(items, view.model_version,
                               [name for name in view.sources if weights.get(name, 0.0) > 0])
@@ -191,13 +191,30 @@ class Recommender:
             ranked.insert(place, (candidate, score, sources))
         return ranked
 
-    def reason(self, ctx: UserContext, item: int, sources: list[str]) -> str:
-        for name in sources:
-            explain = getattr(self.view.sources.get(name), "explain", None)
-            reason = explain(ctx, item) if explain else None
-            if reason:
-                return reason
-        return ""
+    def reasons(self, ctx: UserContext, chosen: Ranked) -> list[str]:
+        """Each item's reason: from the first of its sources that can say why it was
+        proposed. A source with `explain_many` answers for all of its items in one call
+        (the behaviour model's is one matrix product)."""
+        batched: dict[str, dict[int, str | None]] = {}
+        for name, source in self.view.sources.items():
+            explain_many = getattr(source, "explain_many", None)
+            if explain_many is not None:
+                mine = list(dict.fromkeys(item for item, _, sources in chosen if name in sources))
+                if mine:
+                    batched[name] = dict(zip(mine, explain_many(ctx, mine), strict=True))
+        reasons = []
+        for item, _, sources in chosen:
+            reason = None
+            for name in sources:
+                if name in batched:
+                    reason = batched[name].get(item)
+                else:
+                    explain = getattr(self.view.sources.get(name), "explain", None)
+                    reason = explain(ctx, item) if explain else None
+                if reason:
+                    break
+            reasons.append(reason or "")
+        return reasons
 
     def diversify(self, ranked: Ranked, n: int, diversity: float) -> Ranked:
         """Maximal marginal relevance (Carbonell & Goldstein, 1998) on text embeddings:

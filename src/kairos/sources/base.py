@@ -51,7 +51,9 @@ class CandidateSource(Protocol):
         ...
 
     def explain(self, ctx: UserContext, item: int) -> str | None:
-        """A short, true reason this source proposed `item` (for the final list only)."""
+        """A short, true reason this source proposed `item` (for the final list only).
+        A source may also offer `explain_many(ctx, items) -> list[str | None]`, the same
+        for a whole list at once; serving uses it where present."""
         ...
 
 

@@ -345,25 +345,36 @@ class SequentialSource:
 
     def explain(self, ctx: UserContext, item: int) -> str | None:
         """Name the recent visit whose model representation is closest to the item's."""
+        return self.explain_many(ctx, [item])[0]
+
+    def explain_many(self, ctx: UserContext, items: list[int]) -> list[str | None]:
+        """`explain` for a whole list in one product: a request's ten items cost one call."""
         served = self.state.sequential
-        if served is None or ctx.user is None:
-            return None
-        target = served.model_index(item)
-        if target == 0:
-            return None
+        if served is None or ctx.user is None or not items:
+            return [None] * len(items)
         table = served.item_vectors()
         kept = ctx.extra.get(EXPLAIN_KEY)  # the latest visits, newest first: once per request
         if kept is None:
             visits = list(reversed([s for s in ctx.user.recent if s.visit][-EXPLAIN_FROM_LAST:]))
-            items = np.fromiter((s.item for s in visits), dtype=np.int64, count=len(visits))
-            indices = served.model_indices(items)
-            kept = ctx.extra[EXPLAIN_KEY] = (visits, items, indices > 0, table[indices])
-        visits, items, known, rows = kept
-        candidates = known & (items != item)
-        if not candidates.any():
-            return None
-        closeness = np.where(candidates, rows @ table[target], -np.inf)
-        best = visits[int(np.argmax(closeness))]
-        title = self.state.catalog.titles[best.item] or self.state.catalog.ids[best.item]
-        return f"what tends to come next in sequences like yours, after '{title}', which you " \
-               f"{action_phrase(best.type, best.value)}"
+            visit_items = np.fromiter((s.item for s in visits), dtype=np.int64, count=len(visits))
+            indices = served.model_indices(visit_items)
+            kept = ctx.extra[EXPLAIN_KEY] = (visits, visit_items, indices > 0, table[indices])
+        visits, visit_items, known, rows = kept
+        wanted = np.asarray(items, dtype=np.int64)
+        targets = served.model_indices(wanted)
+        # (visits x items): a visit explains an item if the model knows both and they differ.
+        usable = known[:, None] & (visit_items[:, None] != wanted[None, :]) & (targets > 0)[None, :]
+        closeness = np.where(usable, rows @ table[targets].T, -np.inf)
+        best_of = np.argmax(closeness, axis=0) if len(visits) else np.zeros(len(items), dtype=np.int64)
+        explained = usable.any(axis=0)
+        catalog = self.state.catalog
+        reasons: list[str | None] = []
+        for column, at in enumerate(best_of.tolist()):
+            if not explained[column]:
+                reasons.append(None)
+                continue
+            best = visits[at]
+            title = catalog.titles[best.item] or catalog.ids[best.item]
+            reasons.append(f"what tends to come next in sequences like yours, after '{title}', which you "
+                           f"{action_phrase(best.type, best.value)}")
+        return reasons
