@@ -161,6 +161,9 @@ def test_popularity_of_a_late_index_leaves_the_others_at_zero() -> None:
     scores = popularity.ranking_scores(6000)
     assert scores[:1000].sum() == 1000 and scores[5000] == 2.0
     assert scores[1000:5000].sum() == 0 and scores[5001:].sum() == 0
+    asked = np.array([0, 999, 1000, 5000, 4999, 10**6])  # in the array, between, past its end
+    assert popularity.engaged_many(asked).tolist() == [popularity.engaged(int(i)) for i in asked] \
+        == [True, True, False, True, False, False]
 
 
 @pytest.mark.parametrize("seed", [0, 1])

@@ -8,6 +8,8 @@ import uuid
 from collections.abc import Hashable
 from dataclasses import dataclass
 
+import numpy as np
+
 from kairos.ranking import Fused, reciprocal_rank_fusion
 from kairos.ranking.arrivals import new_arrival_slot
 from kairos.ranking.fusion import RRF_K
@@ -162,14 +164,16 @@ class Recommender:
         first = settings.cold_start_position
         if first == 0 or len(chosen) < first:
             return chosen
-        engaged = self.view.state.popularity.engaged
+        popularity = self.view.state.popularity
+        engaged = popularity.engaged
         semantic = fused.ranked.get("semantic")
         sequential = fused.ranked.get("sequential")
-        fitting = set(sequential.items.tolist()) if sequential is not None else set()
+        parts = [sequential.items] if sequential is not None else []
         if semantic is not None:
-            fitting.update(item for item, score in zip(semantic.items.tolist(), semantic.scores.tolist(), strict=True)
-                           if score >= settings.cold_start_min_similarity)
-        cold = sorted((item for item in fitting if not engaged(item)), key=lambda item: (-fused.score(item), item))
+            parts.append(semantic.items[semantic.scores >= settings.cold_start_min_similarity])
+        fitting = np.unique(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
+        unengaged = fitting[~popularity.engaged_many(fitting)].tolist()
+        cold = sorted(unengaged, key=lambda item: (-fused.score(item), item))
         if not cold:
             return chosen
         ranked = list(chosen)

@@ -126,6 +126,14 @@ class DecayedPopularity:
         """Has anyone ever engaged positively with this item?"""
         return item < len(self._items) and self._items[item] > 0
 
+    def engaged_many(self, items: np.ndarray) -> np.ndarray:
+        """`engaged` of many catalogue indices, as a bool array."""
+        items = np.asarray(items, dtype=np.int64)
+        inside = items < len(self._items)
+        out = np.zeros(len(items), dtype=bool)
+        out[inside] = self._items[items[inside]] > 0
+        return out
+
     def ranking_scores(self, n_items: int) -> np.ndarray:
         """Scores of items 0..n_items-1 proportional to their decayed popularity at any
         one moment (a new array). Rank by these: the decayed values themselves may
