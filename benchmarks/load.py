@@ -96,6 +96,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--env", nargs="*", default=[], metavar="NAME=VALUE",
                         help="Extra settings for the servers, e.g. KAIROS_RANKER=off.")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "load.json")
+    parser.add_argument("--profile", type=Path, default=None, metavar="PATH",
+                        help="cpu phase: write a cProfile of one more warm pass (learned ranker) to PATH "
+                             "and print its costliest functions.")
     args = parser.parse_args(argv)
     args.workers = [int(w) for w in args.workers.split(",")]
     args.levels = [int(c) for c in args.levels.split(",")]
@@ -336,12 +339,28 @@ def cpu_phase(db: Path, args: argparse.Namespace) -> dict[str, Any]:
             for user in users:
                 engine.recommend(user, 10)
             passes.append(round((time.process_time() - started) / len(users) * 1000, 3))
+        if args.profile is not None and not overrides:
+            profile_warm_pass(engine, users, args.profile)
         served = engine.ranking.mode if engine.ranking is not None else "configured"
         result[label] = {"mode": "off" if overrides else served,
                          "cold_ms": passes[0], "warm_ms": passes[1], "users": len(users)}
         engine.close(save_vectors=False)
         print(f"  {label}: cold {passes[0]:.2f} ms, warm {passes[1]:.2f} ms CPU per request", flush=True)
     return result
+
+
+def profile_warm_pass(engine: Any, users: list[str], path: Path) -> None:
+    """Where a warm request's CPU goes: shares, not times (the profiler slows every call)."""
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for user in users:
+        engine.recommend(user, 10)
+    profiler.disable()
+    profiler.dump_stats(str(path))
+    pstats.Stats(profiler).sort_stats("cumulative").print_stats(r"kairos", 25)
 
 
 def main(argv: list[str] | None = None) -> int:
