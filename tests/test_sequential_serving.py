@@ -20,6 +20,7 @@ from kairos.engine import Engine
 from kairos.evaluation.data import EvalData
 from kairos.evaluation.protocols import leave_one_out
 from kairos.schema import Event, Item
+from kairos.sources.sequential import EXPLAIN_FROM_LAST
 from kairos.store import EventRecord, ItemRecord
 from kairos.training.pipeline import as_registered, publish, train_from_store
 from kairos.training.registry import ModelRegistry
@@ -110,7 +111,7 @@ def test_a_list_is_explained_by_the_closest_recent_visit_in_one_product(trained_
     served = engine.state.sequential
     table = served.item_vectors()
     user = engine.state.users["u07"]
-    visits = list(reversed([s for s in user.recent if s.visit][-10:]))
+    visits = list(reversed([s for s in user.recent if s.visit][-EXPLAIN_FROM_LAST:]))
     wanted = [engine.catalog.index[item_id(k)] for k in range(N_ITEMS)]
     reasons = source.explain_many(engine.user_context("u07", exclude_seen=False), wanted)
     for item, reason in zip(wanted, reasons, strict=True):

@@ -110,15 +110,13 @@ class VectorIndex:
         """Rows for keys, zeros where a key has no vector (so they add nothing to a sum)."""
         keys = np.asarray(keys, dtype=np.int64).reshape(-1)
         with self._lock:
-            if len(keys) and keys.min() >= 0 and keys.max() < len(self._slot):
-                slots = self._slot[keys]
-                if slots.min() >= 0:  # the usual case: every key has a row, one gather
-                    return self._stored()[slots]
-            out = np.zeros((len(keys), self.dim), dtype=np.float32)
             ok = (keys >= 0) & (keys < len(self._slot))
             slots = np.full(len(keys), -1, dtype=np.int64)
             slots[ok] = self._slot[keys[ok]]
             has = slots >= 0
+            if has.all():  # the usual case: every key has a row, one gather
+                return self._stored()[slots]
+            out = np.zeros((len(keys), self.dim), dtype=np.float32)
             if has.any():
                 out[has] = self._stored()[slots[has]]
             return out

@@ -206,7 +206,7 @@ class Recommender:
                 mine = list(dict.fromkeys(item for item, _, sources in chosen if name in sources))
                 if mine:
                     batched[name] = dict(zip(mine, explain_many(ctx, mine), strict=True))
-        reasons = []
+        reasons: list[str] = []
         for item, _, sources in chosen:
             reason = None
             for name in sources:
